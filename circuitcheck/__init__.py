@@ -1,0 +1,54 @@
+"""circuitcheck: circuit claims about transformer models, checked as tests.
+
+The engine is usable without pytest::
+
+    import circuitcheck as cc
+    model = cc.load_model("zoo:planted")
+    m = cc.faithfulness(model, task, cc.Circuit({"induction": ["1.2"]}), ablation="mean")
+
+Names are imported lazily so that importing the pytest plugin does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "circuitcheck.models",
+    "Task": "circuitcheck.tasks",
+    "tasks": "circuitcheck.tasks",
+    "Circuit": "circuitcheck.circuit",
+    "Ablation": "circuitcheck.interventions",
+    "Measurement": "circuitcheck.measures",
+    "Minimality": "circuitcheck.measures",
+    "faithfulness": "circuitcheck.measures",
+    "necessity": "circuitcheck.measures",
+    "minimality": "circuitcheck.measures",
+    "head_drops": "circuitcheck.measures",
+    "assert_faithful": "circuitcheck.assertions",
+    "assert_necessary": "circuitcheck.assertions",
+    "CircuitCheckError": "circuitcheck.errors",
+    "ModelNotFoundError": "circuitcheck.errors",
+    "TaskError": "circuitcheck.errors",
+    "CircuitError": "circuitcheck.errors",
+    "ClaimFileError": "circuitcheck.errors",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'circuitcheck' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if name == "tasks" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,43 @@
+"""The exceptions circuitcheck raises.
+
+Every error names the problem and the fix, with the user's own input in it::
+
+    CircuitCheckError                 base of everything raised for bad input or setup
+    ├── ModelNotFoundError            a model id / directory / zoo name that cannot be loaded
+    ├── TaskError                     prompts, answers, positions or groups that do not fit
+    ├── CircuitError                  a circuit that does not fit the model or the task
+    └── ClaimFileError                a malformed YAML claim (file, line and key in the message)
+
+A claim that is *measured* and does not hold is not an error: it is an ``AssertionError``
+raised by the ``assert_*`` helpers, so pytest reports it as a failed test.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CircuitCheckError(Exception):
+    """Base class: bad input or setup, never a failed claim."""
+
+
+class ModelNotFoundError(CircuitCheckError):
+    """A model could not be found or loaded (offline, missing weights, unknown zoo name)."""
+
+
+class TaskError(CircuitCheckError, ValueError):
+    """A task whose prompts, answers, positions or groups are inconsistent."""
+
+
+class CircuitError(CircuitCheckError, ValueError):
+    """A circuit that is malformed or does not fit the model / task."""
+
+
+class ClaimFileError(CircuitCheckError, ValueError):
+    """A declarative claim file that cannot be read."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix when ``word`` is close to one of ``choices``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,350 @@
+"""Head (and MLP) ablation, many variants per forward pass.
+
+A *variant* is one keep-mask over the model's heads: which heads keep their own output, and
+where, while every other head's output (``hook_z``) is replaced by its ablation value.
+``run_variants`` evaluates V variants on N prompts as V*N rows of large batches, with a per-row
+mask applied by one hook per layer, and reads logits only at each prompt's last token.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..circuit import Circuit
+from ..errors import CircuitCheckError, TaskError
+from ..tasks import EncodedTask
+from ._batching import rows_per_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class Ablation(str, enum.Enum):
+    """What replaces an ablated head's output."""
+
+    ZERO = "zero"
+    """Zeros: the head writes nothing (crude; can push activations off-distribution)."""
+    MEAN = "mean"
+    """The head's mean output over the reference prompts, at each token position."""
+    MEAN_BY_TEMPLATE = "mean-by-template"
+    """The mean over reference prompts of the same template group, per position (Wang et al.)."""
+    RESAMPLE = "resample"
+    """The head's output on the paired counterfactual (corrupted) prompt, same position."""
+
+    @classmethod
+    def parse(cls, value: "str | Ablation") -> "Ablation":
+        try:
+            return cls(value)
+        except ValueError:
+            raise CircuitCheckError(
+                f"unknown ablation {value!r}; use one of {[a.value for a in cls]}"
+            ) from None
+
+
+@dataclass(frozen=True, eq=False)
+class Variants:
+    """V head keep-masks.
+
+    Head (l, h) of variant v is *selected* at position p when ``sel_all[v, l, h]``, or when
+    ``sel_at[v, l, h, k]`` and p is the prompt's position ``pos_names[k]``. It keeps its output
+    where selected, and is ablated elsewhere; ``invert[v]`` flips that (ablate only where
+    selected). ``keep_mlp[v, l]`` says which MLP layers keep their output (None: all do).
+    """
+
+    sel_all: "torch.Tensor"  # [V, L, H] bool
+    sel_at: "torch.Tensor | None" = None  # [V, L, H, K] bool
+    pos_names: tuple[str, ...] = ()
+    invert: "torch.Tensor | None" = None  # [V] bool
+    keep_mlp: "torch.Tensor | None" = None  # [V, L] bool
+
+    def __len__(self) -> int:
+        return int(self.sel_all.shape[0])
+
+    @classmethod
+    def from_masks(cls, keep: "torch.Tensor") -> "Variants":
+        """Variants from plain keep-masks ``keep[v, l, h]`` (kept at every position)."""
+        return cls(keep.bool())
+
+    @classmethod
+    def from_circuits(cls, model: Any, circuits: Sequence[Circuit],
+                      ablate: Sequence[bool] | None = None) -> "Variants":
+        """One variant per circuit: keep only the circuit, or (``ablate[v]``) remove only it."""
+        import torch
+
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        pos_names = tuple(dict.fromkeys(
+            p for c in circuits for _, p in c.placements() if p is not None))
+        V = len(circuits)
+        ablate = list(ablate) if ablate is not None else [False] * V
+        sel_all = torch.zeros(V, L, H, dtype=torch.bool)
+        sel_at = torch.zeros(V, L, H, len(pos_names), dtype=torch.bool)
+        keep_mlp = None
+        if any(c.mlps is not None for c in circuits):
+            keep_mlp = torch.ones(V, L, dtype=torch.bool)
+        for v, c in enumerate(circuits):
+            for (layer, head), pos in c.placements():
+                if pos is None:
+                    sel_all[v, layer, head] = True
+                else:
+                    sel_at[v, layer, head, pos_names.index(pos)] = True
+            if c.mlps is not None:
+                in_circuit = torch.zeros(L, dtype=torch.bool)
+                in_circuit[list(c.mlps)] = True
+                keep_mlp[v] = ~in_circuit if ablate[v] else in_circuit
+        return cls(sel_all, sel_at if pos_names else None, pos_names,
+                   torch.tensor(ablate, dtype=torch.bool), keep_mlp)
+
+
+@dataclass(frozen=True, eq=False)
+class AblationValues:
+    """What ablated outputs are replaced with: ``z[l][row_of[i], p]`` for prompt i at position p
+    (None for zero ablation), and the same for MLP outputs when MLPs are ablated."""
+
+    kind: Ablation
+    z: "list[torch.Tensor] | None"  # per layer [K, P, H, D]
+    mlp: "list[torch.Tensor] | None"  # per layer [K, P, d_model]
+    row_of: "torch.Tensor"  # [N] long: which table row serves each prompt
+    reference: str
+
+    def describe(self) -> str:
+        if self.kind is Ablation.ZERO:
+            return "zero-ablated"
+        if self.kind is Ablation.RESAMPLE:
+            return "resample-ablated (from each prompt's corrupted pair)"
+        by = ", by template" if self.kind is Ablation.MEAN_BY_TEMPLATE else ""
+        return f"{self.kind.value}-ablated (reference: {self.reference} prompts{by})"
+
+
+def ablation_values(model: Any, enc: EncodedTask, ablation: "str | Ablation",
+                    reference: str | None = None, *, with_mlp: bool = False) -> AblationValues:
+    """Compute the replacement values for ``ablation`` from the reference prompts.
+
+    ``reference``: ``"corrupted"`` (default when the task has corrupted prompts) or
+    ``"clean"``. Resample ablation always uses the paired corrupted prompts.
+    """
+    import torch
+
+    kind = Ablation.parse(ablation)
+    n = enc.n
+    if reference is None:
+        reference = "corrupted" if enc.corrupted is not None else "clean"
+    if reference not in ("clean", "corrupted"):
+        raise CircuitCheckError(f"reference must be 'clean' or 'corrupted', got {reference!r}")
+    if kind is Ablation.ZERO:
+        return AblationValues(kind, None, None, torch.zeros(n, dtype=torch.long), reference)
+    if kind is Ablation.RESAMPLE or reference == "corrupted":
+        if enc.corrupted is None:
+            raise TaskError(
+                f"{kind.value} ablation with reference 'corrupted' needs corrupted prompts; give "
+                "the task `corrupted=[...]` or use ablation='mean' with reference='clean'"
+            )
+        toks, lens = enc.corrupted, enc.corrupted_lengths
+    else:
+        toks, lens = enc.tokens, enc.lengths
+    if kind is Ablation.RESAMPLE:
+        reference = "corrupted"
+        if not torch.equal(lens, enc.lengths):
+            i = int((lens != enc.lengths).nonzero()[0])
+            raise TaskError(
+                f"resample ablation pairs positions, but corrupted prompt {i} has {int(lens[i])} "
+                f"tokens and its clean prompt {int(enc.lengths[i])}; make each corrupted prompt "
+                "the same length as its clean prompt"
+            )
+    acts = _cache_outputs(model, toks, lens, with_mlp)
+    if kind is Ablation.RESAMPLE:
+        return AblationValues(kind, acts["z"], acts.get("mlp"), torch.arange(n), reference)
+    groups = enc.groups if kind is Ablation.MEAN_BY_TEMPLATE else torch.zeros(n, dtype=torch.long)
+    return AblationValues(kind, _group_means(acts["z"], groups, lens, enc, kind, reference),
+                          _group_means(acts["mlp"], groups, lens, enc, kind, reference)
+                          if with_mlp else None, groups.clone(), reference)
+
+
+def _group_means(acts: list["torch.Tensor"], groups: "torch.Tensor", ref_lens: "torch.Tensor",
+                 enc: EncodedTask, kind: Ablation, reference: str) -> list["torch.Tensor"]:
+    """Per layer, the mean activation at each position over each group's reference prompts.
+
+    Reference prompt i belongs to the group of prompt i (clean and corrupted are paired). A
+    position is averaged over the reference prompts long enough to have it.
+    """
+    import torch
+
+    n_groups = int(groups.max()) + 1
+    P, P_ref = enc.tokens.shape[1], int(ref_lens.max())
+    valid = torch.arange(P_ref)[None, :] < ref_lens[:, None]  # [N, P_ref]
+    out = [torch.zeros((n_groups, P) + a.shape[2:], dtype=a.dtype, device=a.device) for a in acts]
+    for g in range(n_groups):
+        in_g = groups == g
+        need = int(enc.lengths[in_g].max())
+        w = (valid & in_g[:, None])[:, :need]
+        count = w.sum(0)
+        if P_ref < need or bool((count == 0).any()):
+            raise TaskError(
+                f"{kind.value} ablation needs, at every position of a prompt, {reference} reference "
+                f"prompts{' of the same template' if n_groups > 1 else ''} at least as long; "
+                f"prompts of group {enc.group_names[g]!r} have {need} tokens but the reference "
+                f"prompts stop sooner. Give longer reference prompts or use ablation='zero'"
+            )
+        for a, m in zip(acts, out):
+            wd = w.to(a.device, a.dtype)
+            flat = a[:, :need].flatten(2)  # [N, need, F]
+            mean = (wd[..., None] * flat).sum(0) / count.to(a.device, a.dtype)[:, None]
+            m[g, :need] = mean.view((need,) + a.shape[2:])
+    return out
+
+
+def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
+                   with_mlp: bool) -> dict[str, list["torch.Tensor"]]:
+    """Every head's ``hook_z`` (and MLP output) on ``toks``, in batches, on the model's device."""
+    import torch
+
+    L = model.cfg.n_layers
+    names = {f"blocks.{l}.attn.hook_z": ("z", l) for l in range(L)}
+    if with_mlp:
+        names.update({f"blocks.{l}.hook_mlp_out": ("mlp", l) for l in range(L)})
+    store: dict[str, list[list[torch.Tensor]]] = {"z": [[] for _ in range(L)]}
+    if with_mlp:
+        store["mlp"] = [[] for _ in range(L)]
+    bs = rows_per_batch(model, toks.shape[1])
+    device = model.cfg.device
+    with torch.inference_mode():
+        for start in range(0, toks.shape[0], bs):
+            chunk = toks[start:start + bs].to(device)
+
+            def save(x: torch.Tensor, hook: Any) -> None:
+                key, layer = names[hook.name]
+                store[key][layer].append(x.detach())
+
+            model.run_with_hooks(chunk, fwd_hooks=[(n, save) for n in names],
+                                 return_type=None, stop_at_layer=None)
+    return {k: [torch.cat(parts) for parts in v] for k, v in store.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """What the metrics read at each (variant, prompt): tensors of shape [V, N]."""
+
+    logit: "torch.Tensor"  # answer logit
+    wrong_logit: "torch.Tensor | None"
+    logprob: "torch.Tensor"  # log-softmax of the answer
+    correct: "torch.Tensor"  # argmax == answer
+
+
+def run_variants(model: Any, enc: EncodedTask, variants: Variants,
+                 values: AblationValues | None, *, batch_size: int | None = None,
+                 tokens: "torch.Tensor | None" = None, lengths: "torch.Tensor | None" = None,
+                 progress: Any = None) -> Readout:
+    """Evaluate every variant on every prompt; rows are batched, one hook per layer.
+
+    With ``values=None`` nothing is ablated (used for the clean and corrupted baselines).
+    ``tokens``/``lengths`` override the prompts (e.g. the corrupted ones), answers stay.
+    """
+    import torch
+
+    toks = enc.tokens if tokens is None else tokens
+    lens = enc.lengths if lengths is None else lengths
+    N, V = toks.shape[0], len(variants)
+    L = model.cfg.n_layers
+    device = model.cfg.device
+    if values is not None and values.kind is not Ablation.ZERO and values.z is None:
+        raise CircuitCheckError("ablation values are missing")
+    bs = batch_size or rows_per_batch(model, toks.shape[1])
+    pos_table = None
+    if variants.sel_at is not None:
+        pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
+    invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
+    n_rows = V * N
+    out_logit = torch.empty(n_rows)
+    out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
+    out_lp = torch.empty(n_rows)
+    out_ok = torch.empty(n_rows, dtype=torch.bool)
+    with torch.inference_mode():
+        for start in range(0, n_rows, bs):
+            rows = torch.arange(start, min(start + bs, n_rows))
+            v_idx, p_idx = rows // N, rows % N
+            P = int(lens[p_idx].max())  # less work: trim padding shared by the whole chunk
+            chunk = toks[p_idx, :P].to(device)
+            hooks = []
+            if values is not None:
+                hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
+                                        invert, device)
+            last = (lens[p_idx] - 1).to(device)
+
+            def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
+                return x[torch.arange(x.shape[0], device=x.device), last][:, None]
+
+            hooks.append(("unembed.hook_in", read_last))
+            logits = model.run_with_hooks(chunk, fwd_hooks=hooks)[:, 0].float()
+            ans = enc.answers[p_idx].to(device)
+            sel = torch.arange(len(rows), device=device)
+            a_logit = logits[sel, ans]
+            out_logit[rows] = a_logit.cpu()
+            out_lp[rows] = (a_logit - torch.logsumexp(logits, -1)).cpu()
+            out_ok[rows] = (logits.argmax(-1) == ans).cpu()
+            if out_wrong is not None:
+                out_wrong[rows] = logits[sel, enc.wrong[p_idx].to(device)].cpu()
+            if progress is not None:
+                progress(len(rows))
+    shape = (V, N)
+    return Readout(out_logit.view(shape), None if out_wrong is None else out_wrong.view(shape),
+                   out_lp.view(shape), out_ok.view(shape))
+
+
+def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,
+                    v_idx: "torch.Tensor", p_idx: "torch.Tensor", P: int,
+                    pos_table: "torch.Tensor | None", invert: "torch.Tensor",
+                    device: Any) -> list:
+    """One ``hook_z`` hook per layer where some row ablates something (and MLP hooks)."""
+    import torch
+
+    L = model.cfg.n_layers
+    sel = variants.sel_all[v_idx]  # [B, L, H]
+    masks = sel[:, :, None, :].expand(-1, -1, P, -1)  # [B, L, P, H]
+    if variants.sel_at is not None:
+        at = torch.arange(P)[None, :, None] == pos_table[p_idx][:, None, :]  # [B, P, K]
+        hit = torch.einsum("blhk,bpk->blph", variants.sel_at[v_idx].float(), at.float()) > 0
+        masks = masks | hit
+    keep = masks ^ invert[v_idx][:, None, None, None]
+    # Padding positions are never read; leaving them untouched keeps the hook cheap.
+    hooks = []
+    table_rows = values.row_of[p_idx]
+    for layer in range(L):
+        k = keep[:, layer]
+        if bool(k.all()):
+            continue
+        k_dev = k.to(device)[..., None]
+        if values.z is None:
+            hooks.append((f"blocks.{layer}.attn.hook_z", _zero_hook(k_dev)))
+        else:
+            ref = values.z[layer]
+            hooks.append((f"blocks.{layer}.attn.hook_z",
+                          _replace_hook(k_dev, ref, table_rows.to(ref.device), P)))
+    if variants.keep_mlp is not None:
+        keep_mlp = variants.keep_mlp[v_idx]  # [B, L]
+        for layer in range(L):
+            km = keep_mlp[:, layer]
+            if bool(km.all()):
+                continue
+            km_dev = km.to(device)[:, None, None]
+            if values.mlp is None:
+                hooks.append((f"blocks.{layer}.hook_mlp_out", _zero_hook(km_dev)))
+            else:
+                ref = values.mlp[layer]
+                hooks.append((f"blocks.{layer}.hook_mlp_out",
+                              _replace_hook(km_dev, ref, table_rows.to(ref.device), P)))
+    return hooks
+
+
+def _zero_hook(keep: "torch.Tensor"):
+    def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
+        return x * keep.to(x.dtype)
+    return hook
+
+
+def _replace_hook(keep: "torch.Tensor", table: "torch.Tensor", rows: "torch.Tensor", P: int):
+    def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
+        import torch
+
+        return torch.where(keep, x, table[rows, :P].to(x.dtype))
+    return hook

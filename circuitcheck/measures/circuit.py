@@ -1,0 +1,238 @@
+"""Circuit claims: faithfulness, necessity, minimality, and per-head drops.
+
+Definitions (F = mean metric over the task's prompts; C = the circuit; M = the full model):
+
+- faithfulness = F(C) / F(M): the metric with only the circuit kept (everything else ablated)
+  relative to the full model (Wang et al. 2022). With ``normalize="ablated"`` it is
+  (F(C) - F(∅)) / (F(M) - F(∅)), with ``"corrupted"`` (F(C) - F(corr)) / (F(M) - F(corr)),
+  so 0 is the baseline and 1 the full model.
+- necessity = F(M \\ C) / F(M) (same normalisations): performance with the circuit ablated
+  and everything else kept. Low values mean the circuit is necessary.
+- minimality of v ∈ C = |F(C \\ K) - F(C \\ (K ∪ {v}))| / |F(M) - b| for a set K (default ∅).
+
+All variants a claim needs run together in batched forward passes.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import _settings
+from ..circuit import Circuit, Head, format_head, parse_head
+from ..errors import CircuitCheckError
+from ..interventions import Ablation, Variants, ablation_values, run_variants
+from ..stats import bootstrap_ci
+from ..tasks import Task
+from ._measurement import Measurement
+from .metrics import Metric, get_metric
+
+NORMALIZE = ("ratio", "ablated", "corrupted")
+
+
+@dataclass(frozen=True, eq=False)
+class _Setup:
+    """What every circuit measurement shares: the encoded task, the metric, ablation values."""
+
+    model: Any
+    task: Task
+    enc: Any
+    metric: Metric
+    values: Any
+    normalize: str
+    seed: int
+    confidence: float
+    batch_size: int | None
+
+
+def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, metric: str,
+           reference: str | None, normalize: str, seed: int | None, confidence: float,
+           batch_size: int | None) -> _Setup:
+    if not isinstance(task, Task):
+        raise CircuitCheckError(f"task must be a cc.Task, got {type(task).__name__}")
+    if normalize not in NORMALIZE:
+        raise CircuitCheckError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    enc = task.encode(model)
+    if normalize == "corrupted" and enc.corrupted is None:
+        raise CircuitCheckError("normalize='corrupted' needs a task with corrupted prompts")
+    for c in circuits:
+        if not isinstance(c, Circuit):
+            raise CircuitCheckError(f"circuit must be a cc.Circuit, got {type(c).__name__}")
+        c.validate(model, task)
+    m = get_metric(metric, has_wrong=enc.wrong is not None)
+    with_mlp = any(c.mlps is not None for c in circuits)
+    values = ablation_values(model, enc, Ablation.parse(ablation), reference, with_mlp=with_mlp)
+    return _Setup(model, task, enc, m, values, normalize,
+                  _settings.seed() if seed is None else seed, confidence, batch_size)
+
+
+def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool]) -> np.ndarray:
+    """Metric per (variant, prompt) for the given circuit variants: [V, N]."""
+    variants = Variants.from_circuits(s.model, circuits, ablate)
+    return s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size))
+
+
+def _baseline_rows(s: _Setup) -> dict[str, np.ndarray]:
+    """Per-prompt metric of the full model, everything ablated, and the corrupted prompts."""
+    import torch
+
+    L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
+    keep = torch.zeros(2, L, H, dtype=torch.bool)
+    keep[0] = True
+    mlp = None
+    rows = s.metric(run_variants(s.model, s.enc, Variants(keep, keep_mlp=mlp), s.values,
+                                 batch_size=s.batch_size))
+    out = {"full": rows[0], "ablated": rows[1]}
+    if s.enc.corrupted is not None:
+        out["corrupted"] = s.metric(run_variants(
+            s.model, s.enc, Variants(keep[:1]), None, tokens=s.enc.corrupted,
+            lengths=s.enc.corrupted_lengths, batch_size=s.batch_size))[0]
+    return out
+
+
+def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, np.ndarray],
+                       circuit: Circuit | None, extra: dict[str, Any] | None = None) -> Measurement:
+    """(mean(numer) - b) / (mean(full) - b) with a paired bootstrap interval."""
+    full = base["full"]
+    b_rows = np.zeros_like(full) if s.normalize == "ratio" else base[s.normalize]
+    n = len(full)
+    b = float(b_rows.mean())
+    den = float(full.mean()) - b
+    problem = None
+    den_lo, den_hi = bootstrap_ci(lambda i: full[i].mean(1) - b_rows[i].mean(1), n,
+                                  confidence=s.confidence, seed=s.seed)
+    ref = "zero" if s.normalize == "ratio" else f"the {s.normalize} baseline"
+    if not den or den_lo <= 0 <= den_hi or den < 0:
+        problem = (f"the full model does not do the task: its {s.metric.name} is "
+                   f"{full.mean():.3g} against {b:.3g} for {ref} "
+                   f"(difference CI [{den_lo:.3g}, {den_hi:.3g}] includes 0 or is negative), so "
+                   "a ratio to it would divide by noise; check the task, answers and model")
+    value = (float(numer.mean()) - b) / den if den else float("nan")
+    ci = bootstrap_ci(lambda i: (numer[i].mean(1) - b_rows[i].mean(1))
+                      / (full[i].mean(1) - b_rows[i].mean(1)), n,
+                      confidence=s.confidence, seed=s.seed)
+    per_prompt = (numer - b) / den if den else np.full(n, np.nan)
+    if problem:
+        value = float("nan")
+    return Measurement(
+        kind=kind, value=value, ci=ci, per_prompt=per_prompt, metric=s.metric.name,
+        metric_description=s.metric.describe, ablation=s.values.describe(),
+        baselines={k: float(v.mean()) for k, v in base.items()}, confidence=s.confidence,
+        seed=s.seed, circuit=circuit, model=getattr(s.model, "cc_name", ""), task=s.task.name,
+        problem=problem, details={"normalize": s.normalize, **(extra or {})},
+    )
+
+
+def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+                 metric: str = "logit_diff", reference: str | None = None,
+                 normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
+                 batch_size: int | None = None) -> Measurement:
+    """F(C) / F(M): the metric with only ``circuit`` kept, relative to the full model.
+
+    Everything outside the circuit (and each positioned group outside its position) is
+    ablated with ``ablation`` (zero, mean, mean-by-template, resample); ``reference`` picks the
+    prompts the means are taken over (default: corrupted when the task has them).
+    """
+    s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
+               confidence, batch_size)
+    rows = _metric_rows(s, [circuit], [False])
+    return _ratio_measurement(s, "faithfulness", rows[0], _baseline_rows(s), circuit)
+
+
+def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+              metric: str = "logit_diff", reference: str | None = None,
+              normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
+              batch_size: int | None = None) -> Measurement:
+    """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept."""
+    s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
+               confidence, batch_size)
+    rows = _metric_rows(s, [circuit], [True])
+    return _ratio_measurement(s, "necessity", rows[0], _baseline_rows(s), circuit)
+
+
+def head_drops(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+               metric: str = "logit_diff", reference: str | None = None,
+               normalize: str = "ratio", batch_size: int | None = None) -> dict[Head, float]:
+    """For each head v of the circuit, faithfulness(C \\ {v}) - faithfulness(C), largest first.
+
+    All |C| + 1 variants run in one batched pass; used to say which heads mattered most.
+    """
+    s = _setup(model, task, [circuit], ablation, metric, reference, normalize, 0, 0.95,
+               batch_size)
+    heads = circuit.heads
+    rows = _metric_rows(s, [circuit] + [circuit.without([h]) for h in heads],
+                        [False] * (len(heads) + 1))
+    base = _baseline_rows(s)
+    b = 0.0 if normalize == "ratio" else float(base[normalize].mean())
+    den = float(base["full"].mean()) - b
+    if not den:
+        return {}
+    f = (rows.mean(1) - b) / den
+    drops = {h: float(f[i + 1] - f[0]) for i, h in enumerate(heads)}
+    return dict(sorted(drops.items(), key=lambda kv: kv[1]))
+
+
+@dataclass(frozen=True, eq=False)
+class Minimality:
+    """Per-head minimality scores of a circuit, each a ``Measurement``."""
+
+    scores: dict[Head, Measurement]
+
+    def table(self):
+        """A pandas DataFrame: head, score, CI, the K set used."""
+        import pandas as pd
+
+        return pd.DataFrame([
+            {"head": format_head(h), "score": m.value, "ci_low": m.ci[0], "ci_high": m.ci[1],
+             "K": [format_head(k) for k in m.details.get("K", [])]}
+            for h, m in self.scores.items()
+        ])
+
+    def __getitem__(self, head: Any) -> Measurement:
+        return self.scores[parse_head(head)]
+
+
+def minimality(model: Any, task: Task, circuit: Circuit, *,
+               k_sets: Mapping[Any, Iterable[Any]] | None = None, ablation: str = "mean",
+               metric: str = "logit_diff", reference: str | None = None,
+               seed: int | None = None, confidence: float = 0.95,
+               batch_size: int | None = None) -> Minimality:
+    """|F(C \\ K) - F(C \\ (K ∪ {v}))| / |F(M)| for every head v of the circuit.
+
+    ``k_sets`` maps a head to its K (heads of the circuit); default K = ∅ for every head.
+    Every C \\ K and C \\ (K ∪ {v}) runs in one batched set of forward passes.
+    """
+    s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed,
+               confidence, batch_size)
+    ks: dict[Head, tuple[Head, ...]] = {h: () for h in circuit.heads}
+    for head, kset in (k_sets or {}).items():
+        h = parse_head(head)
+        if h not in ks:
+            raise CircuitCheckError(f"k_sets names head {format_head(h)}, which is not in the circuit")
+        ks[h] = tuple(parse_head(k) for k in kset)
+    variants: list[Circuit] = []
+    for h, k in ks.items():
+        variants += [circuit.without(k), circuit.without(k + (h,))]
+    rows = _metric_rows(s, variants, [False] * len(variants))
+    base = _baseline_rows(s)
+    full = base["full"]
+    den = abs(float(full.mean()))
+    n = len(full)
+    scores = {}
+    for i, (h, k) in enumerate(ks.items()):
+        a, b = rows[2 * i], rows[2 * i + 1]
+        value = abs(float(a.mean() - b.mean())) / den if den else float("nan")
+        ci = bootstrap_ci(lambda idx: np.abs(a[idx].mean(1) - b[idx].mean(1))
+                          / np.abs(full[idx].mean(1)), n, confidence=confidence, seed=s.seed)
+        scores[h] = Measurement(
+            kind="minimality", value=value, ci=ci, per_prompt=(a - b) / den if den else a * np.nan,
+            metric=s.metric.name, metric_description=s.metric.describe,
+            ablation=s.values.describe(), baselines={"full": float(full.mean())},
+            confidence=confidence, seed=s.seed, circuit=circuit,
+            model=getattr(model, "cc_name", ""), task=task.name,
+            problem=None if den else "the full model's metric is 0",
+            details={"head": h, "K": list(k)},
+        )
+    return Minimality(scores)

@@ -1,0 +1,58 @@
+"""Per-prompt metrics read from a ``Readout``: logit difference, probability, top-1 success."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CircuitCheckError, did_you_mean
+from ..interventions import Readout
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named per-prompt metric and how to describe it in a failure message."""
+
+    name: str
+    describe: str
+    fn: Callable[[Readout], "np.ndarray"]
+    needs_wrong: bool = False
+
+    def __call__(self, readout: Readout) -> np.ndarray:
+        return self.fn(readout)
+
+
+def _logit_diff(r: Readout) -> np.ndarray:
+    return (r.logit - r.wrong_logit).numpy().astype(float)
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("logit_diff", "logit(answer) - logit(wrong_answer) at 'end'", _logit_diff, True),
+        Metric("prob", "p(answer) at 'end'", lambda r: r.logprob.exp().numpy().astype(float)),
+        Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float)),
+        Metric("top1", "top-1 success (argmax = answer) at 'end'",
+               lambda r: r.correct.numpy().astype(float)),
+    ]
+}
+
+
+def get_metric(name: "str | Metric", *, has_wrong: bool) -> Metric:
+    """Look a metric up by name and check the task can feed it."""
+    if isinstance(name, Metric):
+        metric = name
+    else:
+        try:
+            metric = METRICS[name]
+        except KeyError:
+            raise CircuitCheckError(
+                f"unknown metric {name!r}{did_you_mean(str(name), METRICS)}; use one of {list(METRICS)}"
+            ) from None
+    if metric.needs_wrong and not has_wrong:
+        raise CircuitCheckError(
+            f"metric {metric.name!r} needs wrong answers; give the task `wrong_answers=[...]` "
+            "or use metric='prob', 'logprob' or 'top1'"
+        )
+    return metric

@@ -1,0 +1,153 @@
+"""Loading models: hub id, local Hugging Face directory, HF cache or zoo name.
+
+Every path ends in ``TransformerBridge.boot_transformers(...)`` followed by
+``enable_compatibility_mode()``, so users get the bridge itself back, with all of
+TransformerLens (``run_with_cache``, ``cfg``, hook names such as ``blocks.0.attn.hook_z``).
+Models are loaded once per process and reused (``load_model`` is cached on its arguments).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+ZOO_PREFIX = "zoo:"
+_CACHE: dict[tuple[str, str, str, str | None], Any] = {}
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` -> cuda, then mps, then cpu; anything else is checked and returned."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotFoundError(
+            f"device {device!r} was asked for but CUDA is not available on this machine; "
+            "use device='auto' or device='cpu'"
+        )
+    return str(device)
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype":
+    """Accept ``'float32'``, ``'bfloat16'``, ``'float16'`` (or a torch dtype)."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float64": torch.float64}
+    try:
+        return names[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}") from None
+
+
+def resolve_source(name_or_dir: str | os.PathLike) -> str:
+    """Map a zoo name or local path to what ``boot_transformers`` takes; hub ids pass through.
+
+    A hub id is only usable offline when it is already in the Hugging Face cache; that is
+    checked here so the user gets one clear error instead of a network traceback.
+    """
+    name = str(name_or_dir)
+    if name.startswith(ZOO_PREFIX):
+        from . import zoo
+
+        try:
+            return str(zoo.model_path(name[len(ZOO_PREFIX):]))
+        except ValueError as exc:
+            raise ModelNotFoundError(str(exc)) from None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{name!r} is a local path but holds no config.json; point at a directory "
+                "written by `model.save_pretrained(...)` (with its tokenizer)"
+            )
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise ModelNotFoundError(f"local model directory {name!r} does not exist")
+    if _offline() and not _in_hf_cache(name):
+        raise ModelNotFoundError(_not_found_message(name))
+    return name
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return False
+    hit = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(hit, str)
+
+
+def _not_found_message(name: str) -> str:
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return (
+        f"model {name!r} could not be loaded: it is not a local directory, not a zoo model "
+        f"('zoo:NAME'), and not in the Hugging Face cache under HF_HOME={hf_home}"
+        + (" while HF_HUB_OFFLINE=1" if _offline() else "")
+        + ". Fix: pass a local directory written by save_pretrained, set HF_HOME to a cache "
+        "that holds it, or allow downloads (unset HF_HUB_OFFLINE) on a machine with network."
+    )
+
+
+def load_model(
+    name_or_dir: str | os.PathLike,
+    *,
+    device: str | None = "auto",
+    dtype: "str | torch.dtype | None" = "float32",
+    revision: str | None = None,
+) -> "TransformerBridge":
+    """Load a causal LM as a TransformerBridge in compatibility mode, once per process.
+
+    ``name_or_dir``: a Hugging Face hub id (``"gpt2"``), a local directory written by
+    ``save_pretrained``, or a zoo model (``"zoo:induction-2l"``). ``device="auto"`` picks cuda,
+    then mps, then cpu. Later calls with the same arguments return the same object.
+    """
+    source = resolve_source(name_or_dir)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    key = (source, dev, str(dt), revision)
+    if key in _CACHE:
+        return _CACHE[key]
+    from transformer_lens.model_bridge import TransformerBridge
+
+    kwargs: dict[str, Any] = {"device": dev, "dtype": dt}
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        bridge = TransformerBridge.boot_transformers(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if Path(source).exists():
+            raise ModelNotFoundError(
+                f"model directory {source!r} could not be loaded: {exc}"
+            ) from None
+        raise ModelNotFoundError(_not_found_message(str(name_or_dir)) + f" [{exc}]") from None
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    bridge.cc_name = str(name_or_dir)  # what the user asked for, for reports
+    _CACHE[key] = bridge
+    return bridge
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (frees memory; the next ``load_model`` loads again)."""
+    _CACHE.clear()

@@ -1,0 +1,211 @@
+"""``Task``: the prompts a claim is measured on, and their tokenised form for one model."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from ..errors import TaskError, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Prompt = Union[str, Sequence[int]]
+Answer = Union[str, int, Sequence[int]]
+
+#: Position names every task has: ``end`` is each prompt's own last token.
+BUILTIN_POSITIONS = ("end",)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Prompts with their expected next tokens, as a claim is measured on them.
+
+    ``prompts``: text (tokenised by the model, with its default BOS) or token ids (lists of
+    ints, used exactly as given: no BOS added). ``answers``: the expected next token of each
+    prompt, read at the prompt's own last token; text or an id, and exactly one token.
+    ``wrong_answers``: the competing token for logit difference (e.g. the subject in IOI).
+    ``corrupted``: counterfactual prompts, one per prompt (baselines, resample ablation,
+    patching). ``positions``: named token positions per prompt (``{"S2": [5, 7, ...]}``;
+    negative values count from each prompt's end); ``end`` always exists. ``groups``: a template
+    label per prompt, for mean ablation by template.
+    """
+
+    prompts: Sequence[Prompt]
+    answers: Sequence[Answer]
+    wrong_answers: Sequence[Answer] | None = None
+    corrupted: Sequence[Prompt] | None = None
+    positions: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    groups: Sequence[Any] | None = None
+    name: str = "task"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", _as_list(self.prompts, "prompts"))
+        n = len(self.prompts)
+        if n == 0:
+            raise TaskError("task has no prompts; give at least one prompt with its answer")
+        object.__setattr__(self, "answers", _as_list(self.answers, "answers"))
+        _same_length("answers", self.answers, n)
+        for fld in ("wrong_answers", "corrupted", "groups"):
+            value = getattr(self, fld)
+            if value is not None:
+                value = _as_list(value, fld)
+                _same_length(fld, value, n)
+                object.__setattr__(self, fld, value)
+        positions = {}
+        for pos_name, idx in dict(self.positions).items():
+            if pos_name in BUILTIN_POSITIONS:
+                raise TaskError(f"position name {pos_name!r} is built in; choose another name")
+            idx = _as_list(idx, f"positions[{pos_name!r}]")
+            _same_length(f"positions[{pos_name!r}]", idx, n)
+            if not all(isinstance(i, int) for i in idx):
+                raise TaskError(f"positions[{pos_name!r}] must be token indices (ints)")
+            positions[pos_name] = idx
+        object.__setattr__(self, "positions", positions)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def position_names(self) -> tuple[str, ...]:
+        return BUILTIN_POSITIONS + tuple(self.positions)
+
+    def check_position(self, name: str) -> None:
+        """Raise a TaskError naming the known positions when ``name`` is not one of them."""
+        if name not in self.position_names:
+            raise TaskError(
+                f"unknown position {name!r}{did_you_mean(name, self.position_names)}; "
+                f"this task has positions {list(self.position_names)}"
+            )
+
+    def encode(self, model: Any) -> "EncodedTask":
+        """Tokenise for ``model`` (cached per model object) and check every answer is 1 token."""
+        cache = self.__dict__.setdefault("_encoded", {})
+        key = id(model)
+        if key not in cache:
+            cache[key] = (model, _encode(self, model))
+        return cache[key][1]
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedTask:
+    """A task as tensors for one model: right-padded tokens and per-prompt indices."""
+
+    tokens: "torch.Tensor"  # [n, seq] long, right-padded
+    lengths: "torch.Tensor"  # [n] long
+    answers: "torch.Tensor"  # [n] long
+    wrong: "torch.Tensor | None"  # [n] long
+    corrupted: "torch.Tensor | None"  # [n, seq_c] long
+    corrupted_lengths: "torch.Tensor | None"
+    positions: dict[str, "torch.Tensor"]  # name -> [n] long, always has "end"
+    groups: "torch.Tensor"  # [n] long group ids (all zero when no groups)
+    group_names: tuple[Any, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TaskError(f"{what} must be a list (one entry per prompt), got {type(value).__name__}")
+    return list(value)
+
+
+def _same_length(what: str, values: Sequence, n: int) -> None:
+    if len(values) != n:
+        raise TaskError(f"{what} has {len(values)} entries but there are {n} prompts; give one per prompt")
+
+
+def _tokenize_prompt(model: Any, prompt: Prompt, i: int, what: str) -> list[int]:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise TaskError(f"{what}[{i}] is an empty string")
+        return model.to_tokens(prompt)[0].tolist()
+    ids = [int(t) for t in prompt]
+    if not ids:
+        raise TaskError(f"{what}[{i}] is an empty token list")
+    _check_ids(model, ids, f"{what}[{i}]")
+    return ids
+
+
+def _check_ids(model: Any, ids: Sequence[int], what: str) -> None:
+    vocab = model.cfg.d_vocab
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise TaskError(f"{what} has token ids {bad[:5]} outside the model's vocabulary [0, {vocab})")
+
+
+def _answer_id(model: Any, answer: Answer, i: int, what: str) -> int:
+    if isinstance(answer, str):
+        ids = model.to_tokens(answer, prepend_bos=False)[0].tolist()
+        if len(ids) != 1:
+            pieces = model.to_str_tokens(answer, prepend_bos=False)
+            raise TaskError(
+                f"{what}[{i}] = {answer!r} is {len(ids)} tokens {pieces} for this model, not one; "
+                "use an answer that is a single token (for GPT-2 usually with a leading space, "
+                "e.g. ' Mary')"
+            )
+        return ids[0]
+    if isinstance(answer, int):
+        ids = [answer]
+    else:
+        ids = [int(t) for t in answer]
+        if len(ids) != 1:
+            raise TaskError(f"{what}[{i}] = {list(answer)} is {len(ids)} tokens, not one")
+    _check_ids(model, ids, f"{what}[{i}]")
+    return ids[0]
+
+
+def _pad(rows: list[list[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Right-pad with token 0: causal attention never lets a real token see the padding."""
+    import torch
+
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, lengths
+
+
+def _encode(task: Task, model: Any) -> EncodedTask:
+    import torch
+
+    n_ctx = model.cfg.n_ctx
+    rows = [_tokenize_prompt(model, p, i, "prompts") for i, p in enumerate(task.prompts)]
+    too_long = [i for i, r in enumerate(rows) if len(r) > n_ctx]
+    if too_long:
+        raise TaskError(f"prompts {too_long[:5]} are longer than the model's context ({n_ctx} tokens)")
+    tokens, lengths = _pad(rows)
+    answers = torch.tensor([_answer_id(model, a, i, "answers") for i, a in enumerate(task.answers)])
+    wrong = None
+    if task.wrong_answers is not None:
+        wrong = torch.tensor(
+            [_answer_id(model, a, i, "wrong_answers") for i, a in enumerate(task.wrong_answers)]
+        )
+    corrupted = corrupted_lengths = None
+    if task.corrupted is not None:
+        crow = [_tokenize_prompt(model, p, i, "corrupted") for i, p in enumerate(task.corrupted)]
+        corrupted, corrupted_lengths = _pad(crow)
+    positions = {"end": lengths - 1}
+    for name, idx in task.positions.items():
+        t = torch.tensor(idx, dtype=torch.long)
+        t = torch.where(t < 0, t + lengths, t)
+        bad = ((t < 0) | (t >= lengths)).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise TaskError(
+                f"position {name!r} of prompt {i} is {task.positions[name][i]}, outside its "
+                f"{int(lengths[i])} tokens; positions are token indices (BOS included when the "
+                "model prepends one)"
+            )
+        positions[name] = t
+    if task.groups is None:
+        group_names: tuple[Any, ...] = ("all",)
+        groups = torch.zeros(len(rows), dtype=torch.long)
+    else:
+        group_names = tuple(dict.fromkeys(task.groups))
+        index = {g: k for k, g in enumerate(group_names)}
+        groups = torch.tensor([index[g] for g in task.groups], dtype=torch.long)
+    return EncodedTask(tokens, lengths, answers, wrong, corrupted, corrupted_lengths,
+                       positions, groups, group_names)
