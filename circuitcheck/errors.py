@@ -4,6 +4,7 @@ Every error names the problem and the fix, with the user's own input in it::
 
     CircuitCheckError                 base of everything raised for bad input or setup
     ├── ModelNotFoundError            a model id / directory / zoo name that cannot be loaded
+    │   └── ModelUnavailableError     a hub model that is not cached here while offline
     ├── TaskError                     prompts, answers, positions or groups that do not fit
     ├── CircuitError                  a circuit that does not fit the model or the task
     └── ClaimFileError                a malformed YAML claim (file, line and key in the message)
@@ -23,6 +24,10 @@ class CircuitCheckError(Exception):
 
 class ModelNotFoundError(CircuitCheckError):
     """A model could not be found or loaded (offline, missing weights, unknown zoo name)."""
+
+
+class ModelUnavailableError(ModelNotFoundError):
+    """A hub model that is neither cached nor downloadable here; tests naming it are skipped."""
 
 
 class TaskError(CircuitCheckError, ValueError):

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, ModelUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -81,7 +81,7 @@ def resolve_source(name_or_dir: str | os.PathLike) -> str:
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise ModelNotFoundError(f"local model directory {name!r} does not exist")
     if _offline() and not _in_hf_cache(name):
-        raise ModelNotFoundError(_not_found_message(name))
+        raise ModelUnavailableError(_not_found_message(name))
     return name
 
 
@@ -140,7 +140,9 @@ def load_model(
             raise ModelNotFoundError(
                 f"model directory {source!r} could not be loaded: {exc}"
             ) from None
-        raise ModelNotFoundError(_not_found_message(str(name_or_dir)) + f" [{exc}]") from None
+        raise ModelUnavailableError(
+            _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
+        ) from None
     bridge.enable_compatibility_mode()
     bridge.eval()
     bridge.cc_name = str(name_or_dir)  # what the user asked for, for reports

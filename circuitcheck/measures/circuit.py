@@ -104,11 +104,15 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     den_lo, den_hi = bootstrap_ci(lambda i: full[i].mean(1) - b_rows[i].mean(1), n,
                                   confidence=s.confidence, seed=s.seed)
     ref = "zero" if s.normalize == "ratio" else f"the {s.normalize} baseline"
-    if not den or den_lo <= 0 <= den_hi or den < 0:
+    if not den or den_lo <= 0 <= den_hi:
         problem = (f"the full model does not do the task: its {s.metric.name} is "
-                   f"{full.mean():.3g} against {b:.3g} for {ref} "
-                   f"(difference CI [{den_lo:.3g}, {den_hi:.3g}] includes 0 or is negative), so "
-                   "a ratio to it would divide by noise; check the task, answers and model")
+                   f"{full.mean():.3g} against {b:.3g} for {ref} (difference CI "
+                   f"[{den_lo:.3g}, {den_hi:.3g}] includes 0), so a ratio to it would divide by "
+                   "noise; check the task, answers and model")
+    elif den < 0:
+        problem = (f"the full model's {s.metric.name} ({full.mean():.3g}) is below {ref} "
+                   f"({b:.3g}), so the ratio's direction is reversed; for logprob use "
+                   "normalize='ablated' or 'corrupted', otherwise check the answers")
     value = (float(numer.mean()) - b) / den if den else float("nan")
     ci = bootstrap_ci(lambda i: (numer[i].mean(1) - b_rows[i].mean(1))
                       / (full[i].mean(1) - b_rows[i].mean(1)), n,

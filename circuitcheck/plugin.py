@@ -1,0 +1,131 @@
+"""The ``circuitcheck`` pytest plugin: options, the model fixture, claim reporting.
+
+Registered through the ``pytest11`` entry point, so it is imported on every pytest run in the
+environment: it stays thin and never imports torch until a test asks for a model.
+
+- ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-seed``, ``--cc-report DIR``
+- ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
+  fixture loads (once per process; ``--cc-model`` overrides it)
+- each ``cc.assert_*`` call made in a test lands in ``report.user_properties`` (so it survives
+  pytest-xdist and reaches JUnit XML), in the terminal summary and in the report files.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from . import _claims, _settings
+
+PROPERTY = "circuitcheck"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("circuitcheck", "circuit claims checked as tests")
+    group.addoption("--cc-model", default=None, metavar="NAME",
+                    help="load this model for every cc_model fixture (hub id, local dir or "
+                         "zoo:NAME), overriding circuitcheck_model markers")
+    group.addoption("--cc-device", default="auto", metavar="DEVICE",
+                    help="device for models: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
+    group.addoption("--cc-dtype", default="float32", metavar="DTYPE",
+                    help="dtype for models: float32 (default), bfloat16, float16")
+    group.addoption("--cc-seed", default=0, type=int, metavar="SEED",
+                    help="seed for bootstraps and sampling (default 0)")
+    group.addoption("--cc-report", default=None, metavar="DIR",
+                    help="write results.json and index.html about the claims to DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
+        "loads for this test (hub id, local directory, or zoo:NAME)")
+    _settings.set_seed(config.getoption("--cc-seed"))
+    config.pluginmanager.register(_Collector(), "circuitcheck-collector")
+
+
+@pytest.fixture(scope="session")
+def cc_seed(pytestconfig: pytest.Config) -> int:
+    """The run's seed (``--cc-seed``)."""
+    return int(pytestconfig.getoption("--cc-seed"))
+
+
+@pytest.fixture
+def cc_model(request: pytest.FixtureRequest) -> Any:
+    """The model named by ``--cc-model`` or the test's ``circuitcheck_model`` marker.
+
+    Loaded once per process and shared; a hub model that is not available offline skips the
+    test with one line saying which model and how to provide it.
+    """
+    from .errors import ModelUnavailableError
+    from .models import load_model
+
+    config = request.config
+    name = config.getoption("--cc-model")
+    revision = None
+    marker = request.node.get_closest_marker("circuitcheck_model")
+    if name is None and marker is not None:
+        if not marker.args:
+            raise pytest.UsageError("circuitcheck_model marker needs the model name: "
+                                    "@pytest.mark.circuitcheck_model('zoo:planted')")
+        name = marker.args[0]
+        revision = marker.kwargs.get("revision")
+    if name is None:
+        pytest.fail("no model for cc_model: mark the test with "
+                    "@pytest.mark.circuitcheck_model('NAME') or pass --cc-model NAME",
+                    pytrace=False)
+    try:
+        return load_model(name, device=config.getoption("--cc-device"),
+                          dtype=config.getoption("--cc-dtype"), revision=revision)
+    except ModelUnavailableError as exc:
+        pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if call.when == "call" or (call.when == "setup" and report.outcome != "passed"):
+        for entry in _claims.take():
+            entry["nodeid"] = item.nodeid
+            report.user_properties.append((PROPERTY, json.dumps(entry)))
+    return report
+
+
+class _Collector:
+    """Gathers claim records from every test report (xdist workers' included)."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.started = time.time()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == PROPERTY:
+                self.results.append(json.loads(value))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    collector: _Collector = config.pluginmanager.get_plugin("circuitcheck-collector")
+    results = collector.results
+    report_dir = config.getoption("--cc-report")
+    if report_dir and not hasattr(config, "workerinput"):
+        from .report import write_report
+
+        paths = write_report(report_dir, results, started=collector.started)
+        terminalreporter.write_line(f"circuitcheck report: {paths['html']}")
+    if not results:
+        return
+    tr = terminalreporter
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    tr.section("circuitcheck")
+    for r in results:
+        m = r["measurement"]
+        lo, hi = m["ci"]
+        value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
+        ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
+        tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
+                      f"{r['op']} {r['threshold']:g}")
+    tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))

@@ -1,0 +1,86 @@
+"""Fixtures: tiny GPT-2- and Llama-shaped models with random weights, saved with
+``save_pretrained`` and a locally built word-level tokenizer, then loaded through the same
+``cc.load_model(<dir>)`` path users take."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ARCHS = ("gpt2", "llama")
+
+
+def build_tiny(arch: str, out: Path, seed: int = 0) -> Path:
+    """Write a 2-layer, 4-head random model of ``arch`` with a word-level tokenizer to ``out``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from circuitcheck.zoo.data import make_tokenizer
+
+    tok = make_tokenizer()
+    vocab = len(tok.get_vocab())
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id)
+        model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights than the init, so heads matter to the logits
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: build_tiny(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(model_dirs: dict[str, Path], arch: str):
+    import circuitcheck as cc
+
+    return cc.load_model(model_dirs[arch], device="cpu")
+
+
+def own_task(model, n: int = 12, seed: int = 0, corrupt: bool = True):
+    """A task the model does by construction: answer = its own top token, wrong = its bottom one.
+
+    Prompts have ragged lengths (3..9 words); corrupted prompts have the same lengths.
+    """
+    import random
+
+    import torch
+
+    import circuitcheck as cc
+
+    rng = random.Random(seed)
+    words = [f"t{i}" for i in range(60)]
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(n)]
+    corrupted = [" ".join(rng.choice(words) for _ in p.split()) for p in prompts]
+    answers, wrong = [], []
+    with torch.inference_mode():
+        for p in prompts:
+            logits = model(model.to_tokens(p))[0, -1]
+            answers.append(int(logits.argmax()))
+            wrong.append(int(logits.argmin()))
+    mid = [rng.randint(1, len(p.split())) for p in prompts]
+    return cc.Task(prompts=prompts, answers=answers, wrong_answers=wrong,
+                   corrupted=corrupted if corrupt else None, positions={"mid": mid},
+                   groups=[f"g{len(p.split()) % 2}" for p in prompts], name="own-top-token")
