@@ -78,6 +78,7 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
 
 def _finish(name: str, m: Measurement, op: str, threshold: float, drops_fn: Any = None,
             allow_inconclusive: bool = False) -> Measurement:
+    __tracebackhide__ = True  # pytest shows the claim, not our frames
     v = verdict(m, **({"at_least": threshold} if op == ">=" else {"at_most": threshold}))
     ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
     _claims.record({"claim": name, "kind": m.kind, "verdict": v, "op": op,
@@ -96,6 +97,7 @@ def assert_faithful(model: Any, task: Task, circuit: Circuit, *, at_least: float
     Keyword arguments go to ``cc.faithfulness`` (ablation, metric, reference, normalize, seed).
     On failure the message names the heads whose removal costs the most.
     """
+    __tracebackhide__ = True
     at_least = _check_threshold(at_least, "at_least")
     m = faithfulness(model, task, circuit, **kwargs)
     drop_kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "confidence")}
@@ -107,6 +109,7 @@ def assert_necessary(model: Any, task: Task, circuit: Circuit, *, at_most: float
                      name: str | None = None, allow_inconclusive: bool = False,
                      **kwargs: Any) -> Measurement:
     """Assert necessity F(M \\ C)/F(M) <= ``at_most``: removing the circuit breaks the task."""
+    __tracebackhide__ = True
     at_most = _check_threshold(at_most, "at_most")
     m = necessity(model, task, circuit, **kwargs)
     return _finish(name or f"{circuit.name} is necessary", m, "<=", at_most, None,

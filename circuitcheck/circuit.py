@@ -106,7 +106,8 @@ class Circuit:
     def describe(self) -> str:
         pos = {p for p in self.positions.values()}
         where = f", positions {sorted(pos)}" if pos else ""
-        return f"{self.name}: {len(self)} heads in {len(self.groups)} groups{where}"
+        n, g = len(self), len(self.groups)
+        return (f"{self.name}: {n} head{'s' * (n != 1)} in {g} group{'s' * (g != 1)}{where}")
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, model: Any, task: Any | None = None) -> None:

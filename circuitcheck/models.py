@@ -122,9 +122,9 @@ def load_model(
     ``save_pretrained``, or a zoo model (``"zoo:induction-2l"``). ``device="auto"`` picks cuda,
     then mps, then cpu. Later calls with the same arguments return the same object.
     """
-    source = resolve_source(name_or_dir)
-    dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    source = resolve_source(name_or_dir)
     key = (source, dev, str(dt), revision)
     if key in _CACHE:
         return _CACHE[key]

@@ -108,24 +108,23 @@ class _Collector:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     collector: _Collector = config.pluginmanager.get_plugin("circuitcheck-collector")
     results = collector.results
+    tr = terminalreporter
+    if results:
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        tr.section("circuitcheck")
+        for r in results:
+            m = r["measurement"]
+            lo, hi = m["ci"]
+            value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
+            ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
+            tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
+                          f"{r['op']} {r['threshold']:g}")
+        tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     report_dir = config.getoption("--cc-report")
     if report_dir and not hasattr(config, "workerinput"):
         from .report import write_report
 
         paths = write_report(report_dir, results, started=collector.started)
-        terminalreporter.write_line(f"circuitcheck report: {paths['html']}")
-    if not results:
-        return
-    tr = terminalreporter
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    tr.section("circuitcheck")
-    for r in results:
-        m = r["measurement"]
-        lo, hi = m["ci"]
-        value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
-        ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
-        tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
-                      f"{r['op']} {r['threshold']:g}")
-    tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+        tr.write_line(f"circuitcheck report: {paths['html']}")

@@ -24,7 +24,8 @@ def bootstrap_ci(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    values = np.asarray(stat(idx), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.asarray(stat(idx), dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
