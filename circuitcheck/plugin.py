@@ -20,6 +20,7 @@ import pytest
 from . import _claims, _settings
 
 PROPERTY = "circuitcheck"
+_PREVIOUS_SEED = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,8 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
+    config.stash[_PREVIOUS_SEED] = _settings.seed()
     _settings.set_seed(config.getoption("--cc-seed"))
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
 
 
 @pytest.fixture(scope="session")
