@@ -84,3 +84,52 @@ def own_task(model, n: int = 12, seed: int = 0, corrupt: bool = True):
     return cc.Task(prompts=prompts, answers=answers, wrong_answers=wrong,
                    corrupted=corrupted if corrupt else None, positions={"mid": mid},
                    groups=[f"g{len(p.split()) % 2}" for p in prompts], name="own-top-token")
+
+
+def build_bpe_gpt2(out: Path, seed: int = 0) -> Path:
+    """A small GPT-2 with a byte-level BPE tokenizer trained here on IOI, greater-than and
+    copying sentences, so names are single tokens with a leading space, as in GPT-2."""
+    import itertools
+
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from circuitcheck.tasks import _copying as copying_mod
+    from circuitcheck.tasks import _greater_than as gt_mod
+    from circuitcheck.tasks import _ioi as ioi_mod
+
+    corpus = []
+    names = ioi_mod.NAMES
+    for t, (a, b), p, o in itertools.product(
+            ioi_mod.BABA_TEMPLATES + ioi_mod.ABBA_TEMPLATES, itertools.combinations(names, 2),
+            ioi_mod.PLACES[:3], ioi_mod.OBJECTS[:3]):
+        corpus.append(t.format(S=a, IO=b, PLACE=p, OBJECT=o))
+    corpus += [f"The {n} lasted from the year 17{y:02d} to the year 17{y:02d}"
+               for n in gt_mod.NOUNS for y in range(100)]
+    corpus += [f"{s} {v} {o}. {s} {v} {o}" for s, v, o in copying_mod.TRIPLES] * 50
+    corpus += [" ".join(ioi_mod.PLACES + ioi_mod.OBJECTS)] * 200
+    tok = Tokenizer(models.BPE())
+    # digits in pairs, as GPT-2 splits "1732" into "17" "32"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\d\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(fast), n_positions=64, n_embd=32,
+                                       n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bpe_model(tmp_path_factory: pytest.TempPathFactory):
+    import circuitcheck as cc
+
+    return cc.load_model(build_bpe_gpt2(tmp_path_factory.mktemp("bpe") / "gpt2-bpe"), device="cpu")

@@ -152,3 +152,10 @@ def test_model_that_does_not_do_the_task_is_unmeasurable(tiny):
     assert m.problem and "does not do the task" in m.problem
     with pytest.raises(AssertionError, match="NOT MEASURABLE: the full model does not do the task"):
         cc.assert_faithful(tiny, task, cc.Circuit({"x": ["0.1"]}), at_least=0.5, ablation="zero")
+
+
+def test_unknown_words_are_rejected(tiny):
+    with pytest.raises(TaskError, match=r"prompts\[0\] = 't1 banana' has words the model's tokenizer does not know"):
+        cc.Task(prompts=["t1 banana"], answers=["t2"]).encode(tiny)
+    with pytest.raises(TaskError, match=r"answers\[0\] = 'banana' has words"):
+        cc.Task(prompts=["t1"], answers=["banana"]).encode(tiny)

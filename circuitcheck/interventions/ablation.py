@@ -229,6 +229,8 @@ class Readout:
     wrong_logit: "torch.Tensor | None"
     logprob: "torch.Tensor"  # log-softmax of the answer
     correct: "torch.Tensor"  # argmax == answer
+    good_prob: "torch.Tensor | None" = None  # probability mass on the task's good tokens
+    bad_prob: "torch.Tensor | None" = None
 
 
 def run_variants(model: Any, enc: EncodedTask, variants: Variants,
@@ -259,6 +261,8 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
     out_lp = torch.empty(n_rows)
     out_ok = torch.empty(n_rows, dtype=torch.bool)
+    out_good = torch.empty(n_rows) if enc.good is not None else None
+    out_bad = torch.empty(n_rows) if enc.bad is not None else None
     with torch.inference_mode():
         for start in range(0, n_rows, bs):
             rows = torch.arange(start, min(start + bs, n_rows))
@@ -284,11 +288,19 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
             out_ok[rows] = (logits.argmax(-1) == ans).cpu()
             if out_wrong is not None:
                 out_wrong[rows] = logits[sel, enc.wrong[p_idx].to(device)].cpu()
+            if out_good is not None or out_bad is not None:
+                probs = logits.softmax(-1)
+                for out, mask in ((out_good, enc.good), (out_bad, enc.bad)):
+                    if out is not None:
+                        out[rows] = (probs * mask[p_idx].to(device)).sum(-1).cpu()
             if progress is not None:
                 progress(len(rows))
     shape = (V, N)
-    return Readout(out_logit.view(shape), None if out_wrong is None else out_wrong.view(shape),
-                   out_lp.view(shape), out_ok.view(shape))
+    def view(t: "torch.Tensor | None") -> "torch.Tensor | None":
+        return None if t is None else t.view(shape)
+
+    return Readout(out_logit.view(shape), view(out_wrong), out_lp.view(shape),
+                   out_ok.view(shape), view(out_good), view(out_bad))
 
 
 def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,

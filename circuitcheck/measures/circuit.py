@@ -61,7 +61,7 @@ def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, m
         if not isinstance(c, Circuit):
             raise CircuitCheckError(f"circuit must be a cc.Circuit, got {type(c).__name__}")
         c.validate(model, task)
-    m = get_metric(metric, has_wrong=enc.wrong is not None)
+    m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
     with_mlp = any(c.mlps is not None for c in circuits)
     values = ablation_values(model, enc, Ablation.parse(ablation), reference, with_mlp=with_mlp)
     return _Setup(model, task, enc, m, values, normalize,

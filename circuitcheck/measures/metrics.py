@@ -18,6 +18,7 @@ class Metric:
     describe: str
     fn: Callable[[Readout], "np.ndarray"]
     needs_wrong: bool = False
+    needs_sets: bool = False
 
     def __call__(self, readout: Readout) -> np.ndarray:
         return self.fn(readout)
@@ -25,6 +26,11 @@ class Metric:
 
 def _logit_diff(r: Readout) -> np.ndarray:
     return (r.logit - r.wrong_logit).numpy().astype(float)
+
+
+def _prob_diff(r: Readout) -> np.ndarray:
+    good = r.good_prob.numpy().astype(float)
+    return good if r.bad_prob is None else good - r.bad_prob.numpy().astype(float)
 
 
 METRICS: dict[str, Metric] = {
@@ -35,11 +41,13 @@ METRICS: dict[str, Metric] = {
         Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float)),
         Metric("top1", "top-1 success (argmax = answer) at 'end'",
                lambda r: r.correct.numpy().astype(float)),
+        Metric("prob_diff", "p(good tokens) - p(bad tokens) at 'end'", _prob_diff,
+               needs_sets=True),
     ]
 }
 
 
-def get_metric(name: "str | Metric", *, has_wrong: bool) -> Metric:
+def get_metric(name: "str | Metric", *, has_wrong: bool, has_sets: bool = False) -> Metric:
     """Look a metric up by name and check the task can feed it."""
     if isinstance(name, Metric):
         metric = name
@@ -54,5 +62,10 @@ def get_metric(name: "str | Metric", *, has_wrong: bool) -> Metric:
         raise CircuitCheckError(
             f"metric {metric.name!r} needs wrong answers; give the task `wrong_answers=[...]` "
             "or use metric='prob', 'logprob' or 'top1'"
+        )
+    if metric.needs_sets and not has_sets:
+        raise CircuitCheckError(
+            f"metric {metric.name!r} needs token sets; give the task `good_tokens=[...]` "
+            "(and optionally `bad_tokens=[...]`), as cc.tasks.greater_than does"
         )
     return metric

@@ -28,7 +28,10 @@ class Task:
     ``corrupted``: counterfactual prompts, one per prompt (baselines, resample ablation,
     patching). ``positions``: named token positions per prompt (``{"S2": [5, 7, ...]}``;
     negative values count from each prompt's end); ``end`` always exists. ``groups``: a template
-    label per prompt, for mean ablation by template.
+    label per prompt, for mean ablation by template. ``good_tokens`` / ``bad_tokens``: per
+    prompt, sets of tokens whose probability mass the ``prob_diff`` metric compares (e.g. years
+    greater / not greater than the start year in the greater-than task). ``meta``: free-form
+    notes from the builder (e.g. how many prompts were dropped), kept in reports.
     """
 
     prompts: Sequence[Prompt]
@@ -38,6 +41,9 @@ class Task:
     positions: Mapping[str, Sequence[int]] = field(default_factory=dict)
     groups: Sequence[Any] | None = None
     name: str = "task"
+    good_tokens: Sequence[Sequence[Answer]] | None = None
+    bad_tokens: Sequence[Sequence[Answer]] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", _as_list(self.prompts, "prompts"))
@@ -46,7 +52,7 @@ class Task:
             raise TaskError("task has no prompts; give at least one prompt with its answer")
         object.__setattr__(self, "answers", _as_list(self.answers, "answers"))
         _same_length("answers", self.answers, n)
-        for fld in ("wrong_answers", "corrupted", "groups"):
+        for fld in ("wrong_answers", "corrupted", "groups", "good_tokens", "bad_tokens"):
             value = getattr(self, fld)
             if value is not None:
                 value = _as_list(value, fld)
@@ -100,6 +106,8 @@ class EncodedTask:
     positions: dict[str, "torch.Tensor"]  # name -> [n] long, always has "end"
     groups: "torch.Tensor"  # [n] long group ids (all zero when no groups)
     group_names: tuple[Any, ...]
+    good: "torch.Tensor | None" = None  # [n, d_vocab] bool
+    bad: "torch.Tensor | None" = None  # [n, d_vocab] bool
 
     @property
     def n(self) -> int:
@@ -121,7 +129,9 @@ def _tokenize_prompt(model: Any, prompt: Prompt, i: int, what: str) -> list[int]
     if isinstance(prompt, str):
         if not prompt:
             raise TaskError(f"{what}[{i}] is an empty string")
-        return model.to_tokens(prompt)[0].tolist()
+        ids = model.to_tokens(prompt)[0].tolist()
+        _check_known(model, prompt, ids, f"{what}[{i}]")
+        return ids
     ids = [int(t) for t in prompt]
     if not ids:
         raise TaskError(f"{what}[{i}] is an empty token list")
@@ -136,6 +146,21 @@ def _check_ids(model: Any, ids: Sequence[int], what: str) -> None:
         raise TaskError(f"{what} has token ids {bad[:5]} outside the model's vocabulary [0, {vocab})")
 
 
+def unknown_token_id(model: Any) -> int | None:
+    """The tokenizer's unknown-word id (word-level vocabularies have one; byte-level BPE not)."""
+    return getattr(model.tokenizer, "unk_token_id", None)
+
+
+def _check_known(model: Any, text: str, ids: Sequence[int], what: str) -> None:
+    unk = unknown_token_id(model)
+    unk_text = getattr(model.tokenizer, "unk_token", None)
+    if unk is not None and unk in ids and not (unk_text and unk_text in text):
+        raise TaskError(
+            f"{what} = {text!r} has words the model's tokenizer does not know (they become "
+            f"{unk_text!r}); use words from its vocabulary"
+        )
+
+
 def _answer_id(model: Any, answer: Answer, i: int, what: str) -> int:
     if isinstance(answer, str):
         ids = model.to_tokens(answer, prepend_bos=False)[0].tolist()
@@ -146,6 +171,7 @@ def _answer_id(model: Any, answer: Answer, i: int, what: str) -> int:
                 "use an answer that is a single token (for GPT-2 usually with a leading space, "
                 "e.g. ' Mary')"
             )
+        _check_known(model, answer, ids, f"{what}[{i}]")
         return ids[0]
     if isinstance(answer, int):
         ids = [answer]
@@ -207,5 +233,18 @@ def _encode(task: Task, model: Any) -> EncodedTask:
         group_names = tuple(dict.fromkeys(task.groups))
         index = {g: k for k, g in enumerate(group_names)}
         groups = torch.tensor([index[g] for g in task.groups], dtype=torch.long)
+    sets = {}
+    for what in ("good_tokens", "bad_tokens"):
+        value = getattr(task, what)
+        if value is None:
+            sets[what] = None
+            continue
+        mask = torch.zeros(len(rows), model.cfg.d_vocab, dtype=torch.bool)
+        for i, toks in enumerate(value):
+            ids = [_answer_id(model, t, i, what) for t in toks]
+            if not ids:
+                raise TaskError(f"{what}[{i}] is empty; give at least one token per prompt")
+            mask[i, ids] = True
+        sets[what] = mask
     return EncodedTask(tokens, lengths, answers, wrong, corrupted, corrupted_lengths,
-                       positions, groups, group_names)
+                       positions, groups, group_names, sets["good_tokens"], sets["bad_tokens"])

@@ -1,0 +1,64 @@
+"""Copying: "Tom eats apples. Tom eats" -> " apples"."""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import TaskError
+from ._task import Task
+
+TRIPLES = (("Tom", "eats", "apples"), ("Mary", "reads", "books"), ("John", "drinks", "coffee"),
+           ("Anna", "plays", "chess"), ("Bob", "likes", "dogs"), ("Kate", "paints", "flowers"),
+           ("Paul", "drives", "trucks"), ("Lisa", "sings", "songs"))
+
+
+def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
+            only_correct: bool = False, seed: int = 0) -> Task:
+    """One prompt per (subject, verb, object): ``"S V O. S V"`` -> ``" O"``.
+
+    The wrong answer is another triple's object, the corrupted prompt another triple's first
+    sentence. With ``only_correct`` the prompts the full model does not complete (top-1) are
+    dropped, and ``task.meta["dropped"]`` says how many.
+    """
+    if len(triples) < 2:
+        raise TaskError("copying needs at least two (subject, verb, object) triples")
+    rng = random.Random(seed)
+    prompts, answers, wrong, corrupted = [], [], [], []
+    for i, (s, v, o) in enumerate(triples):
+        j = rng.choice([k for k in range(len(triples)) if triples[k][2] != o])
+        s2, v2, o2 = triples[j]
+        prompts.append(f"{s} {v} {o}. {s} {v}")
+        corrupted.append(f"{s} {v} {o2}. {s} {v}")
+        answers.append(" " + o)
+        wrong.append(" " + o2)
+    task = Task(prompts=prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
+                name="copying", meta={"builder": "copying", "n": len(prompts)})
+    if not only_correct:
+        return task
+    return keep_correct(model, task)
+
+
+def keep_correct(model: Any, task: Task) -> Task:
+    """The task restricted to the prompts whose answer is the full model's top-1 token."""
+    import torch
+
+    from ..interventions import Variants, run_variants
+
+    enc = task.encode(model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    ok = run_variants(model, enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None).correct[0]
+    keep = [i for i in range(len(task)) if bool(ok[i])]
+    if not keep:
+        raise TaskError(f"the model completes none of the {len(task)} prompts of {task.name!r}; "
+                        "nothing is left to measure a circuit on")
+
+    def pick(values: Any) -> Any:
+        return None if values is None else [values[i] for i in keep]
+
+    return Task(prompts=pick(task.prompts), answers=pick(task.answers),
+                wrong_answers=pick(task.wrong_answers), corrupted=pick(task.corrupted),
+                positions={k: pick(v) for k, v in task.positions.items()},
+                groups=pick(task.groups), name=task.name, good_tokens=pick(task.good_tokens),
+                bad_tokens=pick(task.bad_tokens),
+                meta={**task.meta, "dropped": len(task) - len(keep), "kept": len(keep)})
