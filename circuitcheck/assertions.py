@@ -13,7 +13,8 @@ from typing import Any
 
 from . import _claims
 from .circuit import Circuit, format_head
-from .measures import Measurement, faithfulness, head_drops, necessity
+from .circuit import parse_head
+from .measures import Measurement, faithfulness, head_drops, head_scores, necessity
 from .tasks import Task
 
 HOLDS, FAILED, INCONCLUSIVE, UNMEASURABLE = "held", "failed", "inconclusive", "unmeasurable"
@@ -114,3 +115,68 @@ def assert_necessary(model: Any, task: Task, circuit: Circuit, *, at_most: float
     m = necessity(model, task, circuit, **kwargs)
     return _finish(name or f"{circuit.name} is necessary", m, "<=", at_most, None,
                    allow_inconclusive)
+
+
+def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
+                      at_least: float | None = None, top: int | None = None,
+                      name: str | None = None, **kwargs: Any) -> Measurement:
+    """Assert that ``heads`` are ``kind`` heads ("L1H2 is an induction head").
+
+    Each head's score interval must lie above ``at_least`` (when given), and each head must rank
+    within the ``top`` highest-scoring heads (default: ``len(heads)``, i.e. they are the top
+    heads). Keyword arguments go to ``cc.head_scores`` (n, seq_len, seed).
+    """
+    __tracebackhide__ = True
+    if isinstance(heads, (str, tuple)) and (isinstance(heads, str) or len(heads) == 2
+                                            and all(isinstance(x, int) for x in heads)):
+        heads = [heads]
+    claimed = [parse_head(h) for h in heads]
+    if not claimed:
+        raise ValueError("name at least one head")
+    if at_least is not None:
+        at_least = _check_threshold(at_least, "at_least")
+    top = len(claimed) if top is None else int(top)
+    scores = head_scores(model, kind, **kwargs)
+    L, H = scores.scores.shape
+    for layer, h in claimed:
+        if not (0 <= layer < L and 0 <= h < H):
+            from .errors import CircuitError
+            raise CircuitError(f"head {layer}.{h} is out of range: the model has {L} layers and "
+                               f"{H} heads per layer")
+    weakest = min(claimed, key=lambda hd: scores.ci_low[hd])
+    ranks = {hd: scores.rank(hd) for hd in claimed}
+    label = ", ".join(format_head(hd) for hd in claimed)
+    m = Measurement(
+        kind=f"{kind} score", value=scores[weakest],
+        ci=(float(scores.ci_low[weakest]), float(scores.ci_high[weakest])),
+        per_prompt=scores.per_sequence[:, weakest[0], weakest[1]], metric=kind,
+        metric_description=f"{kind} attention score on {scores.n} repeated random sequences",
+        confidence=scores.confidence, seed=kwargs.get("seed", 0) or 0,
+        model=getattr(model, "cc_name", ""), task="repeated random tokens",
+        details={"heads": [list(hd) for hd in claimed], "ranks": {format_head(k): v for k, v in ranks.items()},
+                 "heatmaps": {f"{kind} score": {"data": scores.scores.tolist(),
+                                                "label": f"{kind} score per head"}}})
+    problems = []
+    v = HOLDS
+    if at_least is not None:
+        v = verdict(m, at_least=at_least)
+        if v != HOLDS:
+            lo, hi = m.ci
+            problems.append(f"{kind} score of {format_head(weakest)} is {m.value:.2f} "
+                            f"({m.confidence:.0%} CI [{lo:.2f}, {hi:.2f}]), required {at_least:.2f}"
+                            + (" (inconclusive: increase n)" if v == INCONCLUSIVE else ""))
+    outside = [hd for hd, r in ranks.items() if r > top]
+    if outside:
+        v = FAILED if v == HOLDS else v
+        problems.append("not among the top " + str(top) + ": "
+                        + ", ".join(f"{format_head(hd)} ranks {ranks[hd]}" for hd in outside))
+    claim = name or f"{label} {'is' if len(claimed) == 1 else 'are'} {kind} head{'s' * (len(claimed) > 1)}"
+    _claims.record({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=",
+                    "threshold": at_least, "top": top, "measurement": m.to_dict()})
+    if v != HOLDS:
+        best = ", ".join(f"{format_head(hd)} {scores[hd]:.2f}" for hd in scores.top(5))
+        raise AssertionError(
+            f"claim {claim!r} {v.upper()}: " + "; ".join(problems) + "\n"
+            f"  top {kind} heads  {best}\n"
+            f"  measured on {scores.n} sequences of repeated random tokens, seed {m.seed}")
+    return m

@@ -6,6 +6,7 @@ environment: it stays thin and never imports torch until a test asks for a model
 - ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-seed``, ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
+- YAML claim files under a ``circuits/`` directory are collected, one item per claim
 - each ``cc.assert_*`` call made in a test lands in ``report.user_properties`` (so it survives
   pytest-xdist and reaches JUnit XML), in the terminal summary and in the report files.
 """
@@ -39,6 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "circuitcheck: a declarative claim from a circuits/ file")
     config.addinivalue_line(
         "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
@@ -57,6 +59,19 @@ def cc_seed(pytestconfig: pytest.Config) -> int:
     return int(pytestconfig.getoption("--cc-seed"))
 
 
+def _load(config: pytest.Config, name: str, revision: str | None) -> Any:
+    """Load (once per process) or skip with one line when a hub model is not available."""
+    from .errors import ModelUnavailableError
+    from .models import load_model
+
+    name = config.getoption("--cc-model") or name
+    try:
+        return load_model(name, device=config.getoption("--cc-device"),
+                          dtype=config.getoption("--cc-dtype"), revision=revision)
+    except ModelUnavailableError as exc:
+        pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
+
+
 @pytest.fixture
 def cc_model(request: pytest.FixtureRequest) -> Any:
     """The model named by ``--cc-model`` or the test's ``circuitcheck_model`` marker.
@@ -64,28 +79,92 @@ def cc_model(request: pytest.FixtureRequest) -> Any:
     Loaded once per process and shared; a hub model that is not available offline skips the
     test with one line saying which model and how to provide it.
     """
-    from .errors import ModelUnavailableError
-    from .models import load_model
-
-    config = request.config
-    name = config.getoption("--cc-model")
-    revision = None
+    name, revision = None, None
     marker = request.node.get_closest_marker("circuitcheck_model")
-    if name is None and marker is not None:
+    if marker is not None:
         if not marker.args:
             raise pytest.UsageError("circuitcheck_model marker needs the model name: "
                                     "@pytest.mark.circuitcheck_model('zoo:planted')")
         name = marker.args[0]
         revision = marker.kwargs.get("revision")
-    if name is None:
+    if name is None and request.config.getoption("--cc-model") is None:
         pytest.fail("no model for cc_model: mark the test with "
                     "@pytest.mark.circuitcheck_model('NAME') or pass --cc-model NAME",
                     pytrace=False)
-    try:
-        return load_model(name, device=config.getoption("--cc-device"),
-                          dtype=config.getoption("--cc-dtype"), revision=revision)
-    except ModelUnavailableError as exc:
-        pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
+    return _load(request.config, name or "", revision)
+
+
+def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and "circuits" in file_path.parts[:-1]:
+        return ClaimFileCollector.from_parent(parent, path=file_path)
+    return None
+
+
+class ClaimFileCollector(pytest.File):
+    """A YAML claim file: one item per claim; a claim that cannot be read is an item that
+    fails with the reason, so the file's other claims (and other files) still run."""
+
+    def collect(self) -> Any:
+        from .claimfile import read_claim_file
+        from .errors import ClaimFileError
+
+        try:
+            parsed = read_claim_file(self.path)
+        except ClaimFileError as exc:
+            yield ClaimErrorItem.from_parent(self, name="<file>", message=str(exc), line=0)
+            return
+        for claim in parsed.claims:
+            yield ClaimItem.from_parent(self, name=claim.name, claim=claim)
+        for name, line, message in parsed.errors:
+            yield ClaimErrorItem.from_parent(self, name=name, message=message, line=line)
+
+
+class ClaimItem(pytest.Item):
+    """One declarative claim: load its model, build its task, check every expectation."""
+
+    def __init__(self, *, claim: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.claim = claim
+        self.add_marker("circuitcheck")
+
+    def runtest(self) -> None:
+        from .claimfile import run_claim
+
+        model = _load(self.config, self.claim.model, self.claim.revision)
+        failures = run_claim(self.claim, model)
+        if failures:
+            raise ClaimFailed("\n\n".join(failures))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        from .errors import CircuitCheckError
+
+        if isinstance(excinfo.value, (ClaimFailed, CircuitCheckError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, max(self.claim.line - 1, 0), f"claim: {self.name}"
+
+
+class ClaimErrorItem(pytest.Item):
+    """A claim (or file) that could not be read; fails with the message, runs nothing."""
+
+    def __init__(self, *, message: str, line: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message, self.line = message, line
+
+    def runtest(self) -> None:
+        raise ClaimFailed(self.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return f"invalid claim: {excinfo.value}"
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, max(self.line - 1, 0), f"invalid claim: {self.name}"
+
+
+class ClaimFailed(AssertionError):
+    """A declarative claim that did not hold (its message is the whole story)."""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -96,6 +175,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
             entry["nodeid"] = item.nodeid
             report.user_properties.append((PROPERTY, json.dumps(entry)))
     return report
+
+
+def _condition(record: dict[str, Any]) -> str:
+    """The claim's requirement in words: ">= 0.8", "top 2", or both."""
+    parts = []
+    if record.get("threshold") is not None:
+        parts.append(f"{record['op']} {record['threshold']:g}")
+    if record.get("top") is not None:
+        parts.append(f"top {record['top']}")
+    return ", ".join(parts)
 
 
 class _Collector:
@@ -126,7 +215,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
             ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
             tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
-                          f"{r['op']} {r['threshold']:g}")
+                          f"{_condition(r)}")
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     report_dir = config.getoption("--cc-report")
     if report_dir and not hasattr(config, "workerinput"):

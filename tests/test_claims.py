@@ -119,7 +119,7 @@ def test_plugin_end_to_end(pytester, model_dirs, tiny, monkeypatch):
         model = str(model_dirs["llama"])
     pytester.makepyfile(test_claims=PLUGIN_TEST.format(model=model, a=top[0], b=top[1],
                                                        wa=low[0], wb=low[1]))
-    result = pytester.runpytest("-p", "no:cacheprovider", "--cc-seed=3",
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-seed=3",
                                 f"--cc-report={pytester.path / 'reports'}", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines([

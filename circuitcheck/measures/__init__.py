@@ -1,7 +1,9 @@
 """Metrics and claim measurements; each returns a result object, never a bare float."""
 from ._measurement import Measurement
+from .head_scores import KINDS as HEAD_SCORE_KINDS
+from .head_scores import HeadScores, head_scores
 from .circuit import Minimality, faithfulness, head_drops, minimality, necessity
 from .metrics import METRICS, Metric
 
 __all__ = ["Measurement", "Minimality", "faithfulness", "head_drops", "minimality",
-           "necessity", "METRICS", "Metric"]
+           "necessity", "METRICS", "Metric", "HeadScores", "head_scores", "HEAD_SCORE_KINDS"]

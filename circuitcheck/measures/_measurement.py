@@ -71,4 +71,7 @@ class Measurement:
         }
         if self.circuit is not None:
             out["circuit"] = self.circuit.to_dict()
+        for key in ("heatmaps", "points", "bars"):
+            if key in self.details:
+                out[key] = self.details[key]
         return out

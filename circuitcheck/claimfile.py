@@ -1,0 +1,273 @@
+"""Declarative claims: YAML files under ``circuits/``, read, validated and run.
+
+A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims``, each with a
+``name`` and ``expect``-ations; a claim may override any default::
+
+    model: zoo:planted
+    source: "built by hand: circuitcheck/zoo/planted.py"
+    task: {builder: induction, n: 64, seq_len: 12}
+    circuit:
+      groups: {previous token: ["0.1"], induction: ["1.2"]}
+    claims:
+      - name: planted-circuit-sufficient
+        expect:
+          faithfulness: {at_least: 0.9, ablation: mean, metric: top1, normalize: ablated}
+          necessity: {at_most: 0.2, ablation: mean, metric: top1, normalize: ablated}
+          head_scores: {induction: {heads: ["1.2"], top: 1, at_least: 0.5}}
+
+Every key is checked before any model runs; an error names the file, the line, the key and
+the fix ("did you mean ..."). Nothing here imports pytest.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CircuitCheckError, ClaimFileError, did_you_mean
+
+FILE_KEYS = ("model", "revision", "task", "circuit", "claims", "source", "description")
+CLAIM_KEYS = ("name", "model", "revision", "task", "circuit", "expect", "description", "source")
+RATIO_KEYS = ("ablation", "metric", "reference", "normalize", "confidence",
+              "allow_inconclusive")
+EXPECT_KEYS = {
+    "faithfulness": ("at_least",) + RATIO_KEYS,
+    "necessity": ("at_most",) + RATIO_KEYS,
+    "head_scores": None,  # mapping kind -> HEAD_SCORE_KEYS
+}
+HEAD_SCORE_KEYS = ("heads", "at_least", "top", "n", "seq_len")
+REQUIRED = {"faithfulness": "at_least", "necessity": "at_most"}
+
+
+class _LineDict(dict):
+    """A mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+def _loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any) -> _LineDict:
+        out = _LineDict(loader.construct_mapping(node, deep=True))
+        out.line = node.start_mark.line + 1
+        out.key_lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a file, with its defaults resolved; ``line`` is where it starts."""
+
+    name: str
+    path: Path
+    line: int
+    model: str
+    revision: str | None
+    task: Mapping[str, Any]
+    circuit: Any  # Circuit | None
+    expect: Mapping[str, Mapping[str, Any]]
+    source: str = ""
+    description: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class ClaimFile:
+    """A parsed file: its valid claims, and an error per claim that could not be read."""
+
+    path: Path
+    claims: tuple[Claim, ...]
+    errors: tuple[tuple[str, int, str], ...]  # (claim name, line, message)
+
+
+def _where(path: Path, node: Any, key: str | None = None) -> str:
+    """``file:line`` of ``node`` (or of its ``key``), the file relative to the working dir."""
+    line = getattr(node, "line", 0)
+    if key is not None:
+        line = getattr(node, "key_lines", {}).get(key, line)
+    try:
+        shown = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = path
+    return f"{shown}:{line}" if line else str(shown)
+
+
+def _check_keys(path: Path, node: Any, allowed: tuple[str, ...], what: str) -> None:
+    if not isinstance(node, Mapping):
+        raise ClaimFileError(f"{_where(path, node)}: {what} must be a mapping, got {node!r}")
+    for key in node:
+        if key not in allowed:
+            raise ClaimFileError(
+                f"{_where(path, node, key)}: unknown key {key!r} in {what}"
+                f"{did_you_mean(str(key), allowed)}; allowed keys are {list(allowed)}")
+
+
+def _check_task(path: Path, task: Any, what: str) -> dict[str, Any]:
+    from .tasks import BUILDERS
+
+    if not isinstance(task, Mapping):
+        raise ClaimFileError(f"{_where(path, task)}: {what} must be a mapping like "
+                             f"{{builder: ioi, n: 50}}, got {task!r}")
+    if "builder" not in task:
+        raise ClaimFileError(f"{_where(path, task)}: {what} needs 'builder', one of {list(BUILDERS)}")
+    builder = task["builder"]
+    if builder not in BUILDERS:
+        raise ClaimFileError(f"{_where(path, task, 'builder')}: unknown task builder {builder!r}"
+                             f"{did_you_mean(str(builder), BUILDERS)}; use one of {list(BUILDERS)}")
+    params = [p for p in inspect.signature(BUILDERS[builder]).parameters if p != "model"]
+    for key in task:
+        if key != "builder" and key not in params:
+            raise ClaimFileError(
+                f"{_where(path, task, key)}: task builder {builder!r} has no argument {key!r}"
+                f"{did_you_mean(str(key), params)}; its arguments are {params}")
+    out = dict(task)
+    if builder in ("jsonl", "csv") and "path" in out:
+        out["path"] = str((path.parent / out["path"]).resolve())
+    return out
+
+
+def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
+    from .measures import HEAD_SCORE_KINDS
+
+    _check_keys(path, expect, tuple(EXPECT_KEYS), "expect")
+    if not expect:
+        raise ClaimFileError(f"{_where(path, expect)}: 'expect' is empty; name at least one of "
+                             f"{list(EXPECT_KEYS)}")
+    out: dict[str, dict[str, Any]] = {}
+    for kind, spec in expect.items():
+        if kind == "head_scores":
+            _check_keys(path, spec, HEAD_SCORE_KINDS, "head_scores")
+            for score_kind, sub in spec.items():
+                _check_keys(path, sub, HEAD_SCORE_KEYS, f"head_scores.{score_kind}")
+                if "heads" not in sub:
+                    raise ClaimFileError(f"{_where(path, sub)}: head_scores.{score_kind} needs "
+                                         "'heads': the heads claimed to be of this kind")
+            out[kind] = {k: dict(v) for k, v in spec.items()}
+            continue
+        _check_keys(path, spec, EXPECT_KEYS[kind], kind)
+        need = REQUIRED[kind]
+        if need not in spec:
+            raise ClaimFileError(f"{_where(path, spec)}: {kind} needs {need!r} "
+                                 f"(e.g. {kind}: {{{need}: 0.8}})")
+        if not isinstance(spec[need], (int, float)) or isinstance(spec[need], bool):
+            raise ClaimFileError(f"{_where(path, spec, need)}: {kind}.{need} must be a number, "
+                                 f"got {spec[need]!r}")
+        out[kind] = dict(spec)
+    return out
+
+
+def read_claim_file(path: str | Path) -> ClaimFile:
+    """Parse and validate a claim file; per-claim problems are returned, not raised.
+
+    A file that is not valid YAML, or whose top level is malformed, raises ``ClaimFileError``.
+    """
+    import yaml
+
+    from .circuit import Circuit
+
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=_loader())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{_where(path, None)}:{mark.line + 1}" if mark else _where(path, None)
+        raise ClaimFileError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    _check_keys(path, data, FILE_KEYS, "a claim file")
+    claims = data.get("claims")
+    if not isinstance(claims, list) or not claims:
+        raise ClaimFileError(f"{_where(path, data, 'claims')}: a claim file needs 'claims': a "
+                             "list of {name: ..., expect: {...}}")
+    good: list[Claim] = []
+    errors: list[tuple[str, int, str]] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(claims):
+        name = raw.get("name", f"claim-{i}") if isinstance(raw, Mapping) else f"claim-{i}"
+        line = getattr(raw, "line", 0)
+        try:
+            _check_keys(path, raw, CLAIM_KEYS, f"claim {name!r}")
+            if "name" not in raw:
+                raise ClaimFileError(f"{_where(path, raw)}: claim {i} needs a 'name'")
+            if name in seen:
+                raise ClaimFileError(f"{_where(path, raw, 'name')}: claim name {name!r} is used twice")
+            seen.add(name)
+            model = raw.get("model", data.get("model"))
+            if not model:
+                raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} names no model; set "
+                                     "'model:' at the top of the file or in the claim")
+            task_spec = raw.get("task", data.get("task"))
+            if task_spec is None:
+                raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} names no task; set "
+                                     "'task: {builder: ...}' at the top or in the claim")
+            task = _check_task(path, task_spec, "task")
+            circuit_spec = raw.get("circuit", data.get("circuit"))
+            circuit = None
+            if circuit_spec is not None:
+                try:
+                    circuit = Circuit.from_dict(circuit_spec)
+                except CircuitCheckError as exc:
+                    raise ClaimFileError(f"{_where(path, circuit_spec)}: circuit: {exc}") from None
+            if "expect" not in raw:
+                raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} has no 'expect'")
+            expect = _check_expect(path, raw["expect"])
+            if circuit is None and set(expect) & {"faithfulness", "necessity"}:
+                raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} expects "
+                                     "faithfulness/necessity but names no circuit")
+            if circuit is not None and circuit.name == "circuit":
+                circuit = Circuit(circuit.groups, circuit.positions, circuit.mlps, name=name)
+            good.append(Claim(name, path, line, str(model), raw.get("revision", data.get("revision")),
+                              task, circuit, expect, str(raw.get("source", data.get("source", ""))),
+                              str(raw.get("description", "")), dict(raw)))
+        except ClaimFileError as exc:
+            errors.append((str(name), line, str(exc)))
+    return ClaimFile(path, tuple(good), tuple(errors))
+
+
+_TASKS: dict[tuple[int, str], Any] = {}
+
+
+def build_task(model: Any, spec: Mapping[str, Any]) -> Any:
+    """The task a claim names, built once per (model, spec) in this process."""
+    from .tasks import BUILDERS
+
+    key = (id(model), json.dumps(spec, sort_keys=True, default=str))
+    if key not in _TASKS:
+        args = {k: v for k, v in spec.items() if k != "builder"}
+        builder = BUILDERS[spec["builder"]]
+        params = inspect.signature(builder).parameters
+        _TASKS[key] = builder(model, **args) if "model" in params else builder(**args)
+    return _TASKS[key]
+
+
+def run_claim(claim: Claim, model: Any) -> list[str]:
+    """Check every expectation of ``claim`` on ``model``; return the failure messages.
+
+    Every expectation runs (and is recorded for the report) even when an earlier one failed.
+    """
+    from .assertions import assert_faithful, assert_head_score, assert_necessary
+
+    task = build_task(model, claim.task)
+    failures: list[str] = []
+    for kind, spec in claim.expect.items():
+        try:
+            if kind == "faithfulness":
+                assert_faithful(model, task, claim.circuit, name=claim.name, **spec)
+            elif kind == "necessity":
+                assert_necessary(model, task, claim.circuit, name=claim.name, **spec)
+            else:
+                for score_kind, sub in spec.items():
+                    sub = dict(sub)
+                    assert_head_score(model, sub.pop("heads"), score_kind, name=claim.name, **sub)
+        except AssertionError as exc:
+            failures.append(str(exc))
+    return failures
