@@ -9,6 +9,7 @@ with that reason instead of a ratio of noise.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import _claims
@@ -77,16 +78,30 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
     return "\n".join(lines)
 
 
+def _conclude(entry: dict[str, Any], ok: bool, failure: Callable[[], str]) -> None:
+    """Record the claim; raise its story when it failed, or the drift when it moved."""
+    __tracebackhide__ = True
+    if not ok:
+        entry["message"] = failure()
+    drift = _claims.record(entry)
+    if not ok:
+        raise AssertionError(entry["message"])
+    if drift:
+        raise AssertionError(drift)
+
+
 def _finish(name: str, m: Measurement, op: str, threshold: float, drops_fn: Any = None,
             allow_inconclusive: bool = False) -> Measurement:
     __tracebackhide__ = True  # pytest shows the claim, not our frames
     v = verdict(m, **({"at_least": threshold} if op == ">=" else {"at_most": threshold}))
     ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
-    _claims.record({"claim": name, "kind": m.kind, "verdict": v, "op": op,
-                    "threshold": threshold, "measurement": m.to_dict()})
-    if not ok:
+
+    def story() -> str:
         drops = drops_fn() if drops_fn is not None and v != UNMEASURABLE else None
-        raise AssertionError(claim_message(name, m, v, op, threshold, drops))
+        return claim_message(name, m, v, op, threshold, drops)
+
+    _conclude({"claim": name, "kind": m.kind, "verdict": v, "op": op, "threshold": threshold,
+               "measurement": m.to_dict()}, ok, story)
     return m
 
 
@@ -155,7 +170,8 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         model=getattr(model, "cc_name", ""), task="repeated random tokens",
         details={"heads": [list(hd) for hd in claimed], "ranks": {format_head(k): v for k, v in ranks.items()},
                  "heatmaps": {f"{kind} score": {"data": scores.scores.tolist(),
-                                                "label": f"{kind} score per head"}}})
+                                                "label": f"{kind} score per head",
+                                                "outline": [list(hd) for hd in claimed]}}})
     problems = []
     v = HOLDS
     if at_least is not None:
@@ -171,12 +187,13 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         problems.append("not among the top " + str(top) + ": "
                         + ", ".join(f"{format_head(hd)} ranks {ranks[hd]}" for hd in outside))
     claim = name or f"{label} {'is' if len(claimed) == 1 else 'are'} {kind} head{'s' * (len(claimed) > 1)}"
-    _claims.record({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=",
-                    "threshold": at_least, "top": top, "measurement": m.to_dict()})
-    if v != HOLDS:
+
+    def story() -> str:
         best = ", ".join(f"{format_head(hd)} {scores[hd]:.2f}" for hd in scores.top(5))
-        raise AssertionError(
-            f"claim {claim!r} {v.upper()}: " + "; ".join(problems) + "\n"
-            f"  top {kind} heads  {best}\n"
-            f"  measured on {scores.n} sequences of repeated random tokens, seed {m.seed}")
+        return (f"claim {claim!r} {v.upper()}: " + "; ".join(problems) + "\n"
+                f"  top {kind} heads  {best}\n"
+                f"  measured on {scores.n} sequences of repeated random tokens, seed {m.seed}")
+
+    _conclude({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=", "threshold": at_least,
+               "top": top, "measurement": m.to_dict()}, v == HOLDS, story)
     return m

@@ -37,6 +37,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seed for bootstraps and sampling (default 0)")
     group.addoption("--cc-report", default=None, metavar="DIR",
                     help="write results.json and index.html about the claims to DIR")
+    group.addoption("--cc-baseline", default=None, metavar="JSON",
+                    help="compare every claim with this baseline (or an earlier results.json) "
+                         "and fail a claim whose value drifted beyond its tolerance")
+    group.addoption("--cc-tolerance", default=None, type=float, metavar="X",
+                    help="absolute drift tolerance for --cc-baseline (default: "
+                         "max(0.05, the combined half-width of both intervals))")
+    group.addoption("--cc-save-baseline", default=None, metavar="JSON",
+                    help="write this run's claims as a baseline file")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,11 +54,31 @@ def pytest_configure(config: pytest.Config) -> None:
         "loads for this test (hub id, local directory, or zoo:NAME)")
     config.stash[_PREVIOUS_SEED] = _settings.seed()
     _settings.set_seed(config.getoption("--cc-seed"))
+    baseline_path = config.getoption("--cc-baseline")
+    if baseline_path:
+        from .report.baseline import BaselineError, annotate, load_baseline
+
+        try:
+            baseline = load_baseline(baseline_path)
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        tolerance = config.getoption("--cc-tolerance")
+
+        def check(record: dict[str, Any]) -> str | None:
+            drifts = annotate([record], baseline, tolerance, source=baseline_path)
+            return drifts[0].message() if drifts else None
+
+        _claims.set_drift_check(check)
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
+    _claims.set_drift_check(None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _claims.set_current_test(item.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +200,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     if call.when == "call" or (call.when == "setup" and report.outcome != "passed"):
         for entry in _claims.take():
-            entry["nodeid"] = item.nodeid
             report.user_properties.append((PROPERTY, json.dumps(entry)))
     return report
 
@@ -192,12 +219,15 @@ class _Collector:
 
     def __init__(self) -> None:
         self.results: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
         self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
             if key == PROPERTY:
                 self.results.append(json.loads(value))
+        if report.skipped and isinstance(report.longrepr, tuple):
+            self.skipped.append({"nodeid": report.nodeid, "reason": str(report.longrepr[2])})
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -217,9 +247,21 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
                           f"{_condition(r)}")
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+    if hasattr(config, "workerinput"):
+        return  # xdist workers: the controller writes the one merged report
+    save = config.getoption("--cc-save-baseline")
+    if save:
+        from .report.baseline import save_baseline
+
+        tr.write_line(f"circuitcheck baseline written: {save_baseline(save, results)}")
     report_dir = config.getoption("--cc-report")
-    if report_dir and not hasattr(config, "workerinput"):
+    if report_dir:
         from .report import write_report
 
-        paths = write_report(report_dir, results, started=collector.started)
+        meta = {"device": config.getoption("--cc-device"), "dtype": config.getoption("--cc-dtype"),
+                "seed": config.getoption("--cc-seed"),
+                "models": sorted({r["measurement"].get("model", "") for r in results}),
+                "baseline": config.getoption("--cc-baseline")}
+        paths = write_report(report_dir, results, started=collector.started, meta=meta,
+                             skipped=collector.skipped)
         tr.write_line(f"circuitcheck report: {paths['html']}")
