@@ -197,3 +197,73 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
     _conclude({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=", "threshold": at_least,
                "top": top, "measurement": m.to_dict()}, v == HOLDS, story)
     return m
+
+
+def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = None,
+                     by: str = "importance", trials: int = 4096, confidence: float = 0.95,
+                     name: str | None = None, **kwargs: Any) -> Any:
+    """Assert ``heads`` are the most important heads (by stochastic ablation) at ``confidence``.
+
+    Holds when every claimed head's interval lies above every other head's (simultaneous
+    intervals, corrected for all heads and for each look of the sequential test); fails when
+    another head is surely more important than a claimed one; otherwise it is inconclusive
+    (raise ``trials``). ``top`` (default ``len(heads)``) allows "among the top k". Keyword
+    arguments go to ``cc.stochastic_ablation``; the result is returned.
+    """
+    __tracebackhide__ = True
+    from .measures import compare_selection, stochastic_ablation
+
+    claimed = [parse_head(h) for h in ([heads] if isinstance(heads, str) else heads)]
+    if not claimed:
+        raise ValueError("name at least one head")
+    mc = stochastic_ablation(model, task, heads=claimed, top=top, by=by, trials=trials,
+                             confidence=confidence, **kwargs)
+    eff = getattr(mc, by)
+    weakest = min(claimed, key=lambda hd: eff.ci_low[hd])
+    v = {"held": HOLDS, "failed": FAILED}.get(mc.decision or "", INCONCLUSIVE)
+    label = ", ".join(format_head(hd) for hd in claimed)
+    claim = name or f"{label} {'is the most' if len(claimed) == 1 else 'are the most'} {by} head{'s' * (len(claimed) > 1)}"
+    abl = {k: kwargs[k] for k in ("ablation", "metric", "reference") if k in kwargs}
+    sel = compare_selection(model, task, claimed, **abl)
+    details = {
+        "heatmaps": {f"{r.regime} effect": {"data": r.effect.tolist(), "label": f"{r.regime}: "
+                     f"{mc.metric} gained by keeping the head", "outline": [list(h) for h in claimed]}
+                     for r in (mc.importance, mc.exclusion) if r is not None},
+        "bars": {"selected heads": {"labels": ["full model", "only selected kept",
+                                               "selected ablated"],
+                                    "values": [sel["full"], sel["retained_only"], sel["ablated_only"]]}},
+    }
+    if mc.importance is not None and mc.exclusion is not None:
+        ranking = mc.importance.ranking()
+        details["points"] = {"importance vs exclusion": {
+            "x": mc.importance.effect.ravel().tolist(), "y": mc.exclusion.effect.ravel().tolist(),
+            "labels": [format_head(h) if h in claimed or h in ranking[:3] else ""
+                       for h in [(l, hh) for l in range(eff.effect.shape[0])
+                                 for hh in range(eff.effect.shape[1])]],
+            "xlabel": "importance", "ylabel": "exclusion"}}
+    m = Measurement(kind=f"{by} effect", value=eff[weakest],
+                    ci=(float(eff.ci_low[weakest]), float(eff.ci_high[weakest])),
+                    per_prompt=mc.raw[by]["metric"], metric=mc.metric,
+                    metric_description=f"{mc.metric} per trial", ablation=mc.ablation,
+                    baselines={"full": sel["full"]}, confidence=confidence, seed=mc.seed,
+                    model=getattr(model, "cc_name", ""), task=task.name, details=details)
+    n_used = len(mc.raw[by]["metric"])
+
+    def story() -> str:
+        best = ", ".join(f"{format_head(h)} {eff[h]:+.3f}" for h in eff.ranking()[:5])
+        word = {FAILED: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}[v]
+        why = ("another head is surely more important than a claimed one" if v == FAILED else
+               f"not decided after {n_used} trials (the budget); increase trials")
+        return (f"claim {claim!r} {word}: {why}\n"
+                f"  claimed    {label}: weakest {format_head(weakest)} {by} effect "
+                f"{eff[weakest]:+.3f} {confidence:.0%} CI [{m.ci[0]:+.3f}, {m.ci[1]:+.3f}]\n"
+                f"  top heads  {best}\n"
+                f"  trials     {n_used} of {trials} budget, keep_prob {eff.keep_prob}, "
+                f"{mc.ablation}, seed {mc.seed}\n"
+                f"  selected   full {sel['full']:.2f}   only selected kept "
+                f"{sel['retained_only']:.2f}   selected ablated {sel['ablated_only']:.2f}")
+
+    _conclude({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=", "threshold": None,
+               "top": top or len(claimed), "trials": n_used, "measurement": m.to_dict()},
+              v == HOLDS, story)
+    return mc

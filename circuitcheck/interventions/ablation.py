@@ -236,8 +236,9 @@ class Readout:
 def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                  values: AblationValues | None, *, batch_size: int | None = None,
                  tokens: "torch.Tensor | None" = None, lengths: "torch.Tensor | None" = None,
-                 progress: Any = None) -> Readout:
-    """Evaluate every variant on every prompt; rows are batched, one hook per layer.
+                 prompt_of: "torch.Tensor | None" = None, progress: Any = None) -> Readout:
+    """Evaluate every variant on every prompt ([V, N] results); rows are batched, one hook
+    per layer. With ``prompt_of[v]`` each variant runs on that one prompt only ([V, 1]).
 
     With ``values=None`` nothing is ablated (used for the clean and corrupted baselines).
     ``tokens``/``lengths`` override the prompts (e.g. the corrupted ones), answers stay.
@@ -247,7 +248,6 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     toks = enc.tokens if tokens is None else tokens
     lens = enc.lengths if lengths is None else lengths
     N, V = toks.shape[0], len(variants)
-    L = model.cfg.n_layers
     device = model.cfg.device
     if values is not None and values.kind is not Ablation.ZERO and values.z is None:
         raise CircuitCheckError("ablation values are missing")
@@ -256,7 +256,7 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     if variants.sel_at is not None:
         pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
     invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
-    n_rows = V * N
+    n_rows = V * N if prompt_of is None else V
     out_logit = torch.empty(n_rows)
     out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
     out_lp = torch.empty(n_rows)
@@ -266,7 +266,10 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     with torch.inference_mode():
         for start in range(0, n_rows, bs):
             rows = torch.arange(start, min(start + bs, n_rows))
-            v_idx, p_idx = rows // N, rows % N
+            if prompt_of is None:
+                v_idx, p_idx = rows // N, rows % N
+            else:
+                v_idx, p_idx = rows, prompt_of[rows]
             P = int(lens[p_idx].max())  # less work: trim padding shared by the whole chunk
             chunk = toks[p_idx, :P].to(device)
             hooks = []
@@ -295,7 +298,7 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                         out[rows] = (probs * mask[p_idx].to(device)).sum(-1).cpu()
             if progress is not None:
                 progress(len(rows))
-    shape = (V, N)
+    shape = (V, N) if prompt_of is None else (V, 1)
     def view(t: "torch.Tensor | None") -> "torch.Tensor | None":
         return None if t is None else t.view(shape)
 

@@ -4,6 +4,8 @@ from .head_scores import KINDS as HEAD_SCORE_KINDS
 from .head_scores import HeadScores, head_scores
 from .circuit import Minimality, faithfulness, head_drops, minimality, necessity
 from .metrics import METRICS, Metric
+from .stochastic import HeadEffects, StochasticAblation, compare_selection, stochastic_ablation
 
 __all__ = ["Measurement", "Minimality", "faithfulness", "head_drops", "minimality",
-           "necessity", "METRICS", "Metric", "HeadScores", "head_scores", "HEAD_SCORE_KINDS"]
+           "necessity", "METRICS", "Metric", "HeadScores", "head_scores", "HEAD_SCORE_KINDS",
+           "HeadEffects", "StochasticAblation", "compare_selection", "stochastic_ablation"]

@@ -1,0 +1,329 @@
+"""Monte-Carlo stochastic ablation: which heads matter, with intervals and early stopping.
+
+Each *trial* is one random keep-mask over all heads (each head kept with probability
+``keep_prob``, otherwise ablated) evaluated on one prompt (prompts are cycled). Two regimes:
+
+- **importance** (many heads ablated, ``keep_prob`` ≈ 0.3): how much more often the task
+  succeeds when the head is kept;
+- **exclusion** (few heads ablated, ``keep_prob`` ≈ 0.85): how much more often it fails when
+  the head is ablated.
+
+Both are reported as effects on the metric (top-1 success by default) with confidence
+intervals, estimated by least squares of the per-trial metric on the keep-mask (plus prompt
+fixed effects when there are trials to spare). The regression uses every trial for every head
+and removes the other heads' variance, so it needs far fewer trials than comparing rates one
+head at a time; the rates with / without each head (``rate_kept``, ``rate_ablated``) and the
+notebook's normalised scores (``rate_kept / rate - 1`` for importance,
+``fail_rate_ablated / fail_rate - 1`` for exclusion) are reported too.
+
+Trials run in batches of many masks per forward pass, in rounds that double in size; with a
+claim to decide (``heads=`` or ``top=``), sampling stops once simultaneous intervals
+(Bonferroni over heads and over the planned looks) separate the claimed heads from the rest,
+or prove one of them is not among the top.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from .. import _settings
+from ..circuit import Head, format_head, parse_head
+from ..errors import CircuitCheckError
+from ..interventions import Ablation, Variants, ablation_values, run_variants
+from ..stats import wilson_ci
+from ..tasks import Task
+from .metrics import get_metric
+
+
+@dataclass(frozen=True, eq=False)
+class HeadEffects:
+    """One regime's per-head estimates, each an [n_layers, n_heads] array."""
+
+    regime: str  # "importance" or "exclusion"
+    keep_prob: float
+    effect: np.ndarray  # metric gained by keeping the head (regression coefficient)
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    rate_kept: np.ndarray  # mean metric over trials that kept the head
+    rate_ablated: np.ndarray
+    rate_kept_ci: tuple[np.ndarray, np.ndarray]
+    normalized: np.ndarray  # the notebook's normalised score
+    trials: int
+    confidence: float
+
+    def ranking(self) -> list[Head]:
+        H = self.effect.shape[1]
+        return [(int(i // H), int(i % H)) for i in np.argsort(-self.effect, axis=None, kind="stable")]
+
+    def __getitem__(self, head: Any) -> float:
+        return float(self.effect[parse_head(head)])
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"head": format_head(h), "effect": self[h],
+                              "ci_low": float(self.ci_low[h]), "ci_high": float(self.ci_high[h]),
+                              "rate_kept": float(self.rate_kept[h]),
+                              "rate_ablated": float(self.rate_ablated[h]),
+                              "normalized": float(self.normalized[h])} for h in self.ranking()])
+
+
+@dataclass(frozen=True, eq=False)
+class StochasticAblation:
+    """Result of ``cc.stochastic_ablation``: both regimes, the raw trials, how it stopped."""
+
+    importance: HeadEffects | None
+    exclusion: HeadEffects | None
+    raw: dict[str, dict[str, np.ndarray]] = field(repr=False)  # regime -> masks/metric/prompt
+    metric: str
+    ablation: str
+    seed: int
+    budget: int
+    decision: str | None = None  # "held" / "failed" / "undecided" when a claim was tested
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trials_used(self) -> int:
+        return int(sum(len(r["metric"]) for r in self.raw.values()))
+
+    def select(self, percentile: float = 90.0, by: str = "importance") -> list[Head]:
+        """Outlier heads: effect above the given percentile of all heads (as the notebook)."""
+        eff = self._regime(by).effect
+        cut = np.percentile(eff, percentile)
+        return [h for h in self._regime(by).ranking() if eff[h] > cut]
+
+    def _regime(self, by: str) -> HeadEffects:
+        r = getattr(self, by, None) if by in ("importance", "exclusion") else None
+        if r is None:
+            raise CircuitCheckError(f"no {by!r} estimates in this result; ran: "
+                                    f"{[k for k in ('importance', 'exclusion') if getattr(self, k)]}")
+        return r
+
+    def save(self, path: str | Path) -> Path:
+        """Keep the raw trials (bit-packed masks, metric, prompt index) as a compressed .npz."""
+        arrays: dict[str, np.ndarray] = {}
+        for regime, r in self.raw.items():
+            arrays[f"{regime}_masks"] = np.packbits(r["masks"].astype(bool), axis=-1)
+            arrays[f"{regime}_shape"] = np.array(r["masks"].shape)
+            arrays[f"{regime}_metric"] = r["metric"]
+            arrays[f"{regime}_prompt"] = r["prompt"]
+            arrays[f"{regime}_keep_prob"] = np.array(r["keep_prob"])
+        arrays["meta"] = np.array([self.metric, self.ablation, str(self.seed)])
+        path = Path(path)
+        np.savez_compressed(path, **arrays)
+        return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+
+    @staticmethod
+    def load_raw(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+        """The raw trials of a saved run: regime -> masks [T, L, H] bool, metric, prompt."""
+        data = np.load(path, allow_pickle=False)
+        out = {}
+        for regime in ("importance", "exclusion"):
+            if f"{regime}_masks" in data:
+                shape = tuple(data[f"{regime}_shape"])
+                masks = np.unpackbits(data[f"{regime}_masks"], axis=-1)[..., : shape[-1]]
+                out[regime] = {"masks": masks.astype(bool).reshape(shape),
+                               "metric": data[f"{regime}_metric"],
+                               "prompt": data[f"{regime}_prompt"],
+                               "keep_prob": float(data[f"{regime}_keep_prob"])}
+        return out
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+
+
+def estimate(masks: np.ndarray, metric: np.ndarray, prompt: np.ndarray, keep_prob: float,
+             regime: str, confidence: float = 0.95) -> HeadEffects:
+    """Per-head effects from trials: masks [T, L, H] bool, metric [T], prompt [T] ints."""
+    T, L, H = masks.shape
+    X = masks.reshape(T, L * H).astype(float)
+    y = metric.astype(float)
+    n_prompts = int(prompt.max()) + 1 if len(prompt) else 1
+    cols = [np.ones((T, 1)), X]
+    if n_prompts > 1 and T > 5 * (L * H + n_prompts):
+        fe = np.zeros((T, n_prompts - 1))
+        idx = prompt > 0
+        fe[np.nonzero(idx)[0], prompt[idx] - 1] = 1.0
+        cols.append(fe)
+    D = np.hstack(cols)
+    k = D.shape[1]
+    kept = X.sum(0)
+    ablated = T - kept
+    rate_kept = (X * y[:, None]).sum(0) / np.maximum(kept, 1)
+    rate_abl = ((1 - X) * y[:, None]).sum(0) / np.maximum(ablated, 1)
+    z = _z(confidence)
+    if T > k + 10:
+        beta, *_ = np.linalg.lstsq(D, y, rcond=None)
+        resid = y - D @ beta
+        bread = np.linalg.pinv(D.T @ D)
+        meat = (D * resid[:, None] ** 2).T @ D
+        cov = bread @ meat @ bread * T / (T - k)  # HC1 robust covariance
+        effect = beta[1:1 + L * H]
+        se = np.sqrt(np.maximum(np.diag(cov)[1:1 + L * H], 0))
+    else:  # too few trials for the regression: difference of means, Welch intervals
+        effect = rate_kept - rate_abl
+        var_k = (X * (y[:, None] - rate_kept) ** 2).sum(0) / np.maximum(kept - 1, 1)
+        var_a = (((1 - X) * (y[:, None] - rate_abl) ** 2).sum(0)) / np.maximum(ablated - 1, 1)
+        se = np.sqrt(var_k / np.maximum(kept, 1) + var_a / np.maximum(ablated, 1))
+    rate = float(y.mean()) if T else float("nan")
+    if regime == "importance":
+        normalized = rate_kept / rate - 1 if rate else np.full(L * H, np.nan)
+    else:
+        fail = 1 - rate
+        normalized = (1 - rate_abl) / fail - 1 if fail else np.full(L * H, np.nan)
+    if np.isin(y, (0.0, 1.0)).all():
+        lo, hi = wilson_ci(rate_kept * kept, kept, confidence)
+    else:
+        var_kept = (X * (y[:, None] - rate_kept) ** 2).sum(0) / np.maximum(kept - 1, 1)
+        half = z * np.sqrt(var_kept / np.maximum(kept, 1))
+        lo, hi = rate_kept - half, rate_kept + half
+    shape = (L, H)
+    return HeadEffects(regime, keep_prob, effect.reshape(shape), (effect - z * se).reshape(shape),
+                       (effect + z * se).reshape(shape), rate_kept.reshape(shape),
+                       rate_abl.reshape(shape), (lo.reshape(shape), hi.reshape(shape)),
+                       np.asarray(normalized).reshape(shape), T, confidence)
+
+
+def _decide(eff: HeadEffects, claimed: list[Head], top: int) -> str:
+    """held: every claimed head's interval is above every other head's; failed: some other
+    head is surely above some claimed head (then the claimed set is not the top); else undecided.
+    With ``claimed`` empty, the ``top`` best heads by point estimate are tested."""
+    ranking = eff.ranking()
+    claimed = claimed or ranking[:top]
+    others = [h for h in ranking if h not in claimed]
+    if not others:
+        return "held"
+    lo = min(eff.ci_low[h] for h in claimed)
+    hi_others = max(eff.ci_high[h] for h in others)
+    if lo > hi_others:
+        return "held"
+    # a head outside the claim that is surely better than a claimed one
+    lo_others = max(eff.ci_low[h] for h in others)
+    hi_claimed = min(eff.ci_high[h] for h in claimed)
+    if len(claimed) <= top and lo_others > hi_claimed:
+        return "failed"
+    return "undecided"
+
+
+def stochastic_ablation(
+    model: Any, task: Task, *, keep_prob: float = 0.3, exclusion_keep_prob: float | None = 0.85,
+    trials: int = 4096, seed: int | None = None, ablation: str = "mean",
+    metric: str = "top1", reference: str | None = None, heads: Iterable[Any] | None = None,
+    top: int | None = None, by: str = "importance", confidence: float = 0.95,
+    min_trials: int = 256, batch_size: int | None = None, progress: bool = False,
+) -> StochasticAblation:
+    """Score every head by random ablation; ``trials`` is the budget per regime.
+
+    With ``heads`` (the claim "these are the most important heads") or ``top`` (find a
+    separated top-k), sampling in regime ``by`` stops as soon as the claim is decided at
+    ``confidence`` (intervals corrected for all heads and every look); the other regime then
+    gets the same number of trials. Without a claim the whole budget is used.
+    """
+    import torch
+
+    if not 0 < keep_prob < 1 or (exclusion_keep_prob is not None and not 0 < exclusion_keep_prob < 1):
+        raise CircuitCheckError("keep probabilities must be strictly between 0 and 1")
+    if trials < 1:
+        raise CircuitCheckError(f"trials must be positive, got {trials}")
+    if by not in ("importance", "exclusion"):
+        raise CircuitCheckError(f"by must be 'importance' or 'exclusion', got {by!r}")
+    seed = _settings.seed() if seed is None else seed
+    enc = task.encode(model)
+    m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
+    values = ablation_values(model, enc, Ablation.parse(ablation), reference)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    claimed = [parse_head(h) for h in heads] if heads is not None else []
+    for layer, h in claimed:
+        if not (0 <= layer < L and 0 <= h < H):
+            raise CircuitCheckError(f"head {layer}.{h} is out of range: the model has {L} layers "
+                                    f"and {H} heads per layer")
+    deciding = bool(claimed) or top is not None
+    top = top or len(claimed) or 1
+    regimes = [("importance", keep_prob)]
+    if exclusion_keep_prob is not None:
+        regimes.append(("exclusion", exclusion_keep_prob))
+    regimes.sort(key=lambda r: r[0] != by)  # the deciding regime first
+    bar = _progress(progress, trials * len(regimes))
+    raw: dict[str, dict[str, np.ndarray]] = {}
+    effects: dict[str, HeadEffects] = {}
+    decision = None
+    budget = trials
+    looks = max(1, math.ceil(math.log2(max(trials / min_trials, 1))) + 1)
+    for regime, p in regimes:
+        gen = torch.Generator().manual_seed(seed + (0 if regime == "importance" else 1))
+        masks_all = np.zeros((0, L, H), dtype=bool)
+        metric_all = np.zeros(0)
+        prompt_all = np.zeros(0, dtype=np.int64)
+        decides = deciding and regime == by
+        target = min(min_trials, budget) if decides else budget
+        while True:
+            n_new = target - len(metric_all)
+            masks = torch.rand(n_new, L, H, generator=gen) < p
+            prompt = torch.arange(len(metric_all), target) % enc.n
+            readout = run_variants(model, enc, Variants(masks), values, prompt_of=prompt,
+                                   batch_size=batch_size, progress=bar)
+            masks_all = np.concatenate([masks_all, masks.numpy()])
+            metric_all = np.concatenate([metric_all, m(readout)[:, 0]])
+            prompt_all = np.concatenate([prompt_all, prompt.numpy()])
+            if not decides:
+                break
+            corrected = 1 - (1 - confidence) / (looks * L * H)
+            decision = _decide(estimate(masks_all, metric_all, prompt_all, p, regime, corrected),
+                               claimed, top)
+            if decision != "undecided" or target >= budget:
+                break
+            target = min(2 * target, budget)
+        if decides:
+            budget = len(metric_all)  # the other regime gets as many trials
+        raw[regime] = {"masks": masks_all, "metric": metric_all, "prompt": prompt_all,
+                       "keep_prob": p}
+        effects[regime] = estimate(masks_all, metric_all, prompt_all, p, regime, confidence)
+    if bar is not None:
+        bar.close()
+    return StochasticAblation(effects.get("importance"), effects.get("exclusion"), raw, m.name,
+                              values.describe(), seed, trials, decision,
+                              {"looks": looks, "claimed": [list(h) for h in claimed], "top": top})
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="trial", desc="stochastic ablation")
+
+    class _Bar:
+        def __call__(self, n: int) -> None:
+            bar.update(n)
+
+        def close(self) -> None:
+            bar.close()
+
+    return _Bar()
+
+
+def compare_selection(model: Any, task: Task, heads: Sequence[Any], *, ablation: str = "mean",
+                      metric: str = "top1", reference: str | None = None) -> dict[str, float]:
+    """Mean metric of the full model, of only ``heads`` kept, and of only ``heads`` ablated."""
+    import torch
+
+    from ..circuit import Circuit
+
+    enc = task.encode(model)
+    m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
+    values = ablation_values(model, enc, Ablation.parse(ablation), reference)
+    c = Circuit({"selected": list(heads)})
+    c.validate(model, task)
+    v = Variants.from_circuits(model, [c, c], [False, True])
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    rows = m(run_variants(model, enc, v, values))
+    full = m(run_variants(model, enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None))
+    return {"full": float(full.mean()), "retained_only": float(rows[0].mean()),
+            "ablated_only": float(rows[1].mean())}
