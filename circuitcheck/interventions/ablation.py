@@ -231,17 +231,48 @@ class Readout:
     correct: "torch.Tensor"  # argmax == answer
     good_prob: "torch.Tensor | None" = None  # probability mass on the task's good tokens
     bad_prob: "torch.Tensor | None" = None
+    kl: "torch.Tensor | None" = None  # KL(full model || variant) at the read position
+
+
+def final_logprobs(model: Any, enc: EncodedTask, *, batch_size: int | None = None) -> "torch.Tensor":
+    """The full model's log-probabilities at each prompt's last token: [N, d_vocab]."""
+    import torch
+
+    bs = batch_size or rows_per_batch(model, enc.tokens.shape[1])
+    out = []
+    with torch.inference_mode():
+        for start in range(0, enc.n, bs):
+            idx = torch.arange(start, min(start + bs, enc.n))
+            out.append(_read_logits(model, enc.tokens[idx], enc.lengths[idx], []).log_softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list) -> "torch.Tensor":
+    """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere else."""
+    import torch
+
+    device = model.cfg.device
+    P = int(lens.max())  # less work: trim padding shared by the whole chunk
+    last = (lens - 1).to(device)
+
+    def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return x[torch.arange(x.shape[0], device=x.device), last][:, None]
+
+    return model.run_with_hooks(toks[:, :P].to(device),
+                                fwd_hooks=[*hooks, ("unembed.hook_in", read_last)])[:, 0].float()
 
 
 def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                  values: AblationValues | None, *, batch_size: int | None = None,
                  tokens: "torch.Tensor | None" = None, lengths: "torch.Tensor | None" = None,
-                 prompt_of: "torch.Tensor | None" = None, progress: Any = None) -> Readout:
+                 prompt_of: "torch.Tensor | None" = None, progress: Any = None,
+                 ref_logprobs: "torch.Tensor | None" = None) -> Readout:
     """Evaluate every variant on every prompt ([V, N] results); rows are batched, one hook
     per layer. With ``prompt_of[v]`` each variant runs on that one prompt only ([V, 1]).
 
     With ``values=None`` nothing is ablated (used for the clean and corrupted baselines).
     ``tokens``/``lengths`` override the prompts (e.g. the corrupted ones), answers stay.
+    ``ref_logprobs`` (the full model's, from ``final_logprobs``) adds the KL divergence.
     """
     import torch
 
@@ -263,6 +294,7 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     out_ok = torch.empty(n_rows, dtype=torch.bool)
     out_good = torch.empty(n_rows) if enc.good is not None else None
     out_bad = torch.empty(n_rows) if enc.bad is not None else None
+    out_kl = torch.empty(n_rows) if ref_logprobs is not None else None
     with torch.inference_mode():
         for start in range(0, n_rows, bs):
             rows = torch.arange(start, min(start + bs, n_rows))
@@ -270,19 +302,12 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                 v_idx, p_idx = rows // N, rows % N
             else:
                 v_idx, p_idx = rows, prompt_of[rows]
-            P = int(lens[p_idx].max())  # less work: trim padding shared by the whole chunk
-            chunk = toks[p_idx, :P].to(device)
+            P = int(lens[p_idx].max())
             hooks = []
             if values is not None:
                 hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
                                         invert, device)
-            last = (lens[p_idx] - 1).to(device)
-
-            def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                return x[torch.arange(x.shape[0], device=x.device), last][:, None]
-
-            hooks.append(("unembed.hook_in", read_last))
-            logits = model.run_with_hooks(chunk, fwd_hooks=hooks)[:, 0].float()
+            logits = _read_logits(model, toks[p_idx], lens[p_idx], hooks)
             ans = enc.answers[p_idx].to(device)
             sel = torch.arange(len(rows), device=device)
             a_logit = logits[sel, ans]
@@ -296,6 +321,9 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                 for out, mask in ((out_good, enc.good), (out_bad, enc.bad)):
                     if out is not None:
                         out[rows] = (probs * mask[p_idx].to(device)).sum(-1).cpu()
+            if out_kl is not None:
+                ref = ref_logprobs[p_idx].to(device)
+                out_kl[rows] = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).cpu()
             if progress is not None:
                 progress(len(rows))
     shape = (V, N) if prompt_of is None else (V, 1)
@@ -303,7 +331,7 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
         return None if t is None else t.view(shape)
 
     return Readout(out_logit.view(shape), view(out_wrong), out_lp.view(shape),
-                   out_ok.view(shape), view(out_good), view(out_bad))
+                   out_ok.view(shape), view(out_good), view(out_bad), view(out_kl))
 
 
 def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,

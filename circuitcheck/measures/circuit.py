@@ -23,7 +23,7 @@ import numpy as np
 from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
 from ..errors import CircuitCheckError
-from ..interventions import Ablation, Variants, ablation_values, run_variants
+from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
 from ..stats import bootstrap_ci
 from ..tasks import Task
 from ._measurement import Measurement
@@ -45,6 +45,7 @@ class _Setup:
     seed: int
     confidence: float
     batch_size: int | None
+    ref_logprobs: Any = None  # the full model's next-token log-probs, for the KL metric
 
 
 def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, metric: str,
@@ -62,16 +63,23 @@ def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, m
             raise CircuitCheckError(f"circuit must be a cc.Circuit, got {type(c).__name__}")
         c.validate(model, task)
     m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
+    ref = None
+    if m.needs_reference:
+        if normalize == "ratio":
+            raise CircuitCheckError(f"metric {m.name!r} is 0 for the full model, so a ratio to it "
+                                    "is undefined; use normalize='ablated' (or 'corrupted')")
+        ref = final_logprobs(model, enc, batch_size=batch_size)
     with_mlp = any(c.mlps is not None for c in circuits)
     values = ablation_values(model, enc, Ablation.parse(ablation), reference, with_mlp=with_mlp)
     return _Setup(model, task, enc, m, values, normalize,
-                  _settings.seed() if seed is None else seed, confidence, batch_size)
+                  _settings.seed() if seed is None else seed, confidence, batch_size, ref)
 
 
 def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool]) -> np.ndarray:
     """Metric per (variant, prompt) for the given circuit variants: [V, N]."""
     variants = Variants.from_circuits(s.model, circuits, ablate)
-    return s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size))
+    return s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
+                                 ref_logprobs=s.ref_logprobs))
 
 
 def _baseline_rows(s: _Setup) -> dict[str, np.ndarray]:
@@ -81,14 +89,14 @@ def _baseline_rows(s: _Setup) -> dict[str, np.ndarray]:
     L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
     keep = torch.zeros(2, L, H, dtype=torch.bool)
     keep[0] = True
-    mlp = None
-    rows = s.metric(run_variants(s.model, s.enc, Variants(keep, keep_mlp=mlp), s.values,
-                                 batch_size=s.batch_size))
+    rows = s.metric(run_variants(s.model, s.enc, Variants(keep), s.values,
+                                 batch_size=s.batch_size, ref_logprobs=s.ref_logprobs))
     out = {"full": rows[0], "ablated": rows[1]}
     if s.enc.corrupted is not None:
         out["corrupted"] = s.metric(run_variants(
             s.model, s.enc, Variants(keep[:1]), None, tokens=s.enc.corrupted,
-            lengths=s.enc.corrupted_lengths, batch_size=s.batch_size))[0]
+            lengths=s.enc.corrupted_lengths, batch_size=s.batch_size,
+            ref_logprobs=s.ref_logprobs))[0]
     return out
 
 

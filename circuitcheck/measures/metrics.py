@@ -19,6 +19,7 @@ class Metric:
     fn: Callable[[Readout], "np.ndarray"]
     needs_wrong: bool = False
     needs_sets: bool = False
+    needs_reference: bool = False  # needs the full model's distribution (KL)
 
     def __call__(self, readout: Readout) -> np.ndarray:
         return self.fn(readout)
@@ -43,6 +44,9 @@ METRICS: dict[str, Metric] = {
                lambda r: r.correct.numpy().astype(float)),
         Metric("prob_diff", "p(good tokens) - p(bad tokens) at 'end'", _prob_diff,
                needs_sets=True),
+        Metric("kl", "-KL(full model || variant) of the next-token distribution at 'end' "
+               "(0 = the full model; use normalize='ablated')",
+               lambda r: -r.kl.numpy().astype(float), needs_reference=True),
     ]
 }
 
