@@ -267,3 +267,98 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
                "top": top or len(claimed), "trials": n_used, "measurement": m.to_dict()},
               v == HOLDS, story)
     return mc
+
+
+def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task,
+                 extra: dict[str, Any] | None = None) -> None:
+    __tracebackhide__ = True
+    import numpy as np
+
+    m = Measurement(kind=test.name, value=test.statistic, ci=(float("nan"), float("nan")),
+                    per_prompt=np.array([test.statistic]), metric=test.details.get("metric", ""),
+                    model=getattr(model, "cc_name", ""), task=task.name,
+                    details={"p_value": test.p_value, "alpha": test.alpha, "null": test.null})
+    entry = {"claim": claim, "kind": test.name, "verdict": HOLDS if ok else FAILED,
+             "op": "p", "threshold": None, "p_value": test.p_value, "alpha": test.alpha,
+             "measurement": m.to_dict(), **(extra or {})}
+
+    def story() -> str:
+        lines = [f"claim {claim!r} FAILED: {test.summary()}"]
+        for key, value in test.details.items():
+            if key not in ("reference_gains",):
+                lines.append(f"  {key:<10} {value}")
+        return "\n".join(lines)
+
+    _conclude(entry, ok, story)
+
+
+def assert_equivalent(model: Any, task: Task, circuit: Circuit, *, epsilon: float = 0.1,
+                      alpha: float = 0.05, name: str | None = None, **kwargs: Any) -> Any:
+    """Assert the circuit survives the equivalence test (H0 |Δ| <= ε is not rejected)."""
+    __tracebackhide__ = True
+    from .measures import equivalence
+
+    test = equivalence(model, task, circuit, epsilon=epsilon, alpha=alpha, **kwargs)
+    _test_record(name or f"{circuit.name} is equivalent", test, not test.rejected, model, task)
+    return test
+
+
+def assert_localized(model: Any, task: Task, circuit: Circuit, *, alpha: float = 0.05,
+                     n_random: int = 100, name: str | None = None, **kwargs: Any) -> Any:
+    """Assert removing the circuit hurts more than removing random head sets (p < alpha)."""
+    __tracebackhide__ = True
+    from .measures import localization
+
+    test = localization(model, task, circuit, alpha=alpha, n_random=n_random, **kwargs)
+    _test_record(name or f"{circuit.name} is localized", test, test.rejected, model, task)
+    return test
+
+
+def assert_minimal(model: Any, task: Task, circuit: Circuit, *, alpha: float = 0.05,
+                   name: str | None = None, **kwargs: Any) -> Any:
+    """Assert every head matters more than random outside heads (Holm-corrected p < alpha)."""
+    __tracebackhide__ = True
+    from .measures import minimality_test
+
+    test = minimality_test(model, task, circuit, alpha=alpha, **kwargs)
+    _test_record(name or f"{circuit.name} is minimal", test, test.rejected, model, task)
+    return test
+
+
+def assert_robust(model: Any, task: Task, circuit: Circuit, *, at_least: float | None = None,
+                  at_most: float | None = None, require: Any = "all", name: str | None = None,
+                  **kwargs: Any) -> Any:
+    """Assert a faithfulness (``at_least``) or necessity (``at_most``) claim holds under every
+    required combination of a ``cc.sweep`` (ablation × metric × positions)."""
+    __tracebackhide__ = True
+    from .measures import sweep
+
+    if (at_least is None) == (at_most is None):
+        raise ValueError("give exactly one of at_least= (faithfulness) or at_most= (necessity)")
+    claim_kind = "faithfulness" if at_least is not None else "necessity"
+    kwargs.setdefault("claim", claim_kind)
+    sw = sweep(model, task, circuit, at_least=at_least, at_most=at_most, **kwargs)
+    keys = sw.select(require)
+    verdicts = {k: sw.verdict(k) for k in keys}
+    bad = {k: v for k, v in verdicts.items() if v != HOLDS}
+    grid = sw.grid()
+    claim = name or f"{circuit.name} is robustly {'faithful' if at_least is not None else 'necessary'}"
+    worst_key = min(keys, key=lambda k: sw.measurements[k].value
+                    if at_least is not None else -sw.measurements[k].value)
+    m = sw.measurements[worst_key]
+    threshold = at_least if at_least is not None else at_most
+
+    def story() -> str:
+        lines = [f"claim {claim!r} FAILED: holds under {len(keys) - len(bad)} of {len(keys)} "
+                 f"required combinations ({sw.claim} {'>=' if at_least is not None else '<='} "
+                 f"{threshold:g})"]
+        for (a, mt, p), v in bad.items():
+            meas = sw.measurements[(a, mt, p)]
+            lines.append(f"  {v:<12} {a:<16} {mt:<10} {p:<8} {meas.value:.2f} "
+                         f"CI [{meas.ci[0]:.2f}, {meas.ci[1]:.2f}]")
+        return "\n".join(lines)
+
+    _conclude({"claim": claim, "kind": f"robust {sw.claim}", "verdict": HOLDS if not bad else FAILED,
+               "op": ">=" if at_least is not None else "<=", "threshold": threshold,
+               "grid": grid.to_dict("records"), "measurement": m.to_dict()}, not bad, story)
+    return sw

@@ -14,6 +14,10 @@ A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims`
           faithfulness: {at_least: 0.9, ablation: mean, metric: top1, normalize: ablated}
           necessity: {at_most: 0.2, ablation: mean, metric: top1, normalize: ablated}
           head_scores: {induction: {heads: ["1.2"], top: 1, at_least: 0.5}}
+          important: {heads: ["0.1", "1.2"], trials: 4096}
+          equivalence: {epsilon: 0.1, alpha: 0.05}
+          localization: {alpha: 0.05, n_random: 100}
+          robust: {at_least: 0.8, ablation: [zero, mean], metric: [top1, prob]}
 
 Every key is checked before any model runs; an error names the file, the line, the key and
 the fix ("did you mean ..."). Nothing here imports pytest.
@@ -33,13 +37,23 @@ FILE_KEYS = ("model", "revision", "task", "circuit", "claims", "source", "descri
 CLAIM_KEYS = ("name", "model", "revision", "task", "circuit", "expect", "description", "source")
 RATIO_KEYS = ("ablation", "metric", "reference", "normalize", "confidence",
               "allow_inconclusive")
+TEST_KEYS = ("alpha", "ablation", "metric", "reference")
 EXPECT_KEYS = {
     "faithfulness": ("at_least",) + RATIO_KEYS,
     "necessity": ("at_most",) + RATIO_KEYS,
     "head_scores": None,  # mapping kind -> HEAD_SCORE_KEYS
+    "important": ("heads", "top", "by", "trials", "confidence", "keep_prob",
+                  "exclusion_keep_prob", "ablation", "metric", "reference", "min_trials"),
+    "equivalence": ("epsilon",) + TEST_KEYS,
+    "localization": ("n_random",) + TEST_KEYS,
+    "minimality": ("n_random",) + TEST_KEYS,
+    "robust": ("at_least", "at_most", "require", "ablation", "metric", "positions",
+               "normalize", "reference", "confidence"),
 }
 HEAD_SCORE_KEYS = ("heads", "at_least", "top", "n", "seq_len")
-REQUIRED = {"faithfulness": "at_least", "necessity": "at_most"}
+REQUIRED = {"faithfulness": "at_least", "necessity": "at_most", "important": "heads"}
+NEEDS_CIRCUIT = {"faithfulness", "necessity", "equivalence", "localization", "minimality",
+                 "robust"}
 
 
 class _LineDict(dict):
@@ -156,13 +170,18 @@ def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
             out[kind] = {k: dict(v) for k, v in spec.items()}
             continue
         _check_keys(path, spec, EXPECT_KEYS[kind], kind)
-        need = REQUIRED[kind]
-        if need not in spec:
+        need = REQUIRED.get(kind)
+        if need is not None and need not in spec:
             raise ClaimFileError(f"{_where(path, spec)}: {kind} needs {need!r} "
                                  f"(e.g. {kind}: {{{need}: 0.8}})")
-        if not isinstance(spec[need], (int, float)) or isinstance(spec[need], bool):
-            raise ClaimFileError(f"{_where(path, spec, need)}: {kind}.{need} must be a number, "
-                                 f"got {spec[need]!r}")
+        for key in ("at_least", "at_most", "epsilon", "alpha"):
+            if key in spec and (not isinstance(spec[key], (int, float))
+                                or isinstance(spec[key], bool)):
+                raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.{key} must be a number, "
+                                     f"got {spec[key]!r}")
+        if kind == "robust" and ("at_least" in spec) == ("at_most" in spec):
+            raise ClaimFileError(f"{_where(path, spec)}: robust needs exactly one of 'at_least' "
+                                 "(faithfulness) or 'at_most' (necessity)")
         out[kind] = dict(spec)
     return out
 
@@ -220,9 +239,9 @@ def read_claim_file(path: str | Path) -> ClaimFile:
             if "expect" not in raw:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} has no 'expect'")
             expect = _check_expect(path, raw["expect"])
-            if circuit is None and set(expect) & {"faithfulness", "necessity"}:
+            if circuit is None and set(expect) & NEEDS_CIRCUIT:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} expects "
-                                     "faithfulness/necessity but names no circuit")
+                                     f"{sorted(set(expect) & NEEDS_CIRCUIT)} but names no circuit")
             if circuit is not None and circuit.name == "circuit":
                 circuit = Circuit(circuit.groups, circuit.positions, circuit.mlps, name=name)
             good.append(Claim(name, path, line, str(model), raw.get("revision", data.get("revision")),
@@ -254,20 +273,25 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
 
     Every expectation runs (and is recorded for the report) even when an earlier one failed.
     """
-    from .assertions import assert_faithful, assert_head_score, assert_necessary
+    from . import assertions as a
 
     task = build_task(model, claim.task)
+    on_circuit = {"faithfulness": a.assert_faithful, "necessity": a.assert_necessary,
+                  "equivalence": a.assert_equivalent, "localization": a.assert_localized,
+                  "minimality": a.assert_minimal, "robust": a.assert_robust}
     failures: list[str] = []
     for kind, spec in claim.expect.items():
         try:
-            if kind == "faithfulness":
-                assert_faithful(model, task, claim.circuit, name=claim.name, **spec)
-            elif kind == "necessity":
-                assert_necessary(model, task, claim.circuit, name=claim.name, **spec)
+            if kind in on_circuit:
+                on_circuit[kind](model, task, claim.circuit, name=claim.name, **spec)
+            elif kind == "important":
+                spec = dict(spec)
+                a.assert_important(model, task, spec.pop("heads"), name=claim.name, **spec)
             else:
                 for score_kind, sub in spec.items():
                     sub = dict(sub)
-                    assert_head_score(model, sub.pop("heads"), score_kind, name=claim.name, **sub)
+                    a.assert_head_score(model, sub.pop("heads"), score_kind, name=claim.name,
+                                        **sub)
         except AssertionError as exc:
             failures.append(str(exc))
     return failures
