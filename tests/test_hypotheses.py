@@ -1,0 +1,82 @@
+"""Hypothesis tests and sweeps: calibration by simulation, forward passes shared across metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import circuitcheck as cc
+from circuitcheck.measures.hypotheses import equivalence_test
+
+from .conftest import own_task
+
+
+@pytest.mark.slow
+def test_equivalence_false_rejection_rate_is_near_alpha():
+    """At the boundary of H0 (|Δ| = ε) the test rejects about α of the time, and less inside."""
+    rng = np.random.default_rng(0)
+    n, eps, alpha, sims = 60, 0.1, 0.05, 400
+
+    def rate(true_delta: float) -> float:
+        rejected = 0
+        for s in range(sims):
+            full = rng.normal(2.0, 0.5, n)
+            circuit = full * (1 + true_delta) + rng.normal(0, 0.3, n)
+            rejected += equivalence_test(circuit, full, epsilon=eps, alpha=alpha,
+                                         n_boot=300, seed=s).rejected
+        return rejected / sims
+
+    boundary = rate(eps)
+    assert 0.02 <= boundary <= 0.09  # alpha = 0.05, with 400 simulations' noise
+    assert rate(0.0) < 0.02  # a truly equivalent circuit is (almost) never rejected
+    assert rate(0.3) > 0.9  # a clearly different one is
+
+
+def test_sweep_reuses_forward_passes_across_metrics(tiny, monkeypatch):
+    task = own_task(tiny, n=8)
+    circuit = cc.Circuit({"a": ["0.1", "1.2"], "b": ["1.0"]}, positions={"b": "end"})
+    calls = {"n": 0}
+    original = tiny.run_with_hooks
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    def count(metrics):
+        calls["n"] = 0
+        monkeypatch.setattr(tiny, "run_with_hooks", counting)
+        sw = cc.sweep(tiny, task, circuit, ablation=["zero", "mean", "resample"], metric=metrics,
+                      batch_size=64)
+        monkeypatch.setattr(tiny, "run_with_hooks", original)
+        return calls["n"], sw
+
+    one, _ = count(["logit_diff"])
+    four, sw = count(["logit_diff", "prob", "top1", "kl"])
+    # four metrics cost only the one extra clean pass that the KL reference needs
+    assert four == one + 1
+    grid = sw.grid()
+    assert len(grid) == 3 * 4 * 2
+    # each cell equals the stand-alone measurement
+    m = cc.faithfulness(tiny, task, circuit, ablation="mean", metric="prob")
+    cell = grid[(grid.ablation == "mean") & (grid.metric == "prob") & (grid.positions == "circuit")]
+    assert float(cell.value.iloc[0]) == pytest.approx(m.value, rel=1e-6)
+    kl = cc.faithfulness(tiny, task, circuit, ablation="zero", metric="kl", normalize="ablated")
+    cell = grid[(grid.ablation == "zero") & (grid.metric == "kl") & (grid.positions == "circuit")]
+    assert float(cell.value.iloc[0]) == pytest.approx(kl.value, rel=1e-6)
+
+
+def test_localization_and_minimality_statistics(tiny):
+    task = own_task(tiny, n=8)
+    circuit = cc.Circuit({"a": ["0.1", "1.2"]})
+    loc = cc.localization(tiny, task, circuit, n_random=20, ablation="zero", metric="prob")
+    n = cc.necessity(tiny, task, circuit, ablation="zero", metric="prob")
+    assert loc.statistic == pytest.approx(n.value * n.baselines["full"], rel=1e-5)
+    assert 1 / 21 <= loc.p_value <= 1
+    mini = cc.minimality_test(tiny, task, circuit, ablation="zero", metric="prob")
+    drops = mini.details["drops"]
+    f_c = cc.faithfulness(tiny, task, circuit, ablation="zero", metric="prob")
+    f_without = cc.faithfulness(tiny, task, circuit.without(["0.1"]), ablation="zero", metric="prob")
+    assert drops["0.1"] == pytest.approx((f_c.value - f_without.value) * f_c.baselines["full"],
+                                         rel=1e-4, abs=1e-7)
+    assert len(mini.details["reference_gains"]) == 8 - 2
+    with pytest.raises(TypeError, match="no truth value"):
+        bool(mini)
