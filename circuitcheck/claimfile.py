@@ -127,7 +127,7 @@ def _check_keys(path: Path, node: Any, allowed: tuple[str, ...], what: str) -> N
                 f"{did_you_mean(str(key), allowed)}; allowed keys are {list(allowed)}")
 
 
-def _check_task(path: Path, task: Any, what: str) -> dict[str, Any]:
+def validate_task_spec(path: Path, task: Any, what: str) -> dict[str, Any]:
     from .tasks import BUILDERS
 
     if not isinstance(task, Mapping):
@@ -228,7 +228,7 @@ def read_claim_file(path: str | Path) -> ClaimFile:
             if task_spec is None:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} names no task; set "
                                      "'task: {builder: ...}' at the top or in the claim")
-            task = _check_task(path, task_spec, "task")
+            task = validate_task_spec(path, task_spec, "task")
             circuit_spec = raw.get("circuit", data.get("circuit"))
             circuit = None
             if circuit_spec is not None:

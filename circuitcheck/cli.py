@@ -2,6 +2,7 @@
 
     circuitcheck demo                  check the zoo claims in circuits/, write reports/
     circuitcheck run PATH ... [-- pytest args]
+    circuitcheck discover --model M --task T [--arg k=v ...] --out circuits/x.yaml
     circuitcheck zoo list | build NAME
 """
 from __future__ import annotations
@@ -38,6 +39,34 @@ def _run(ns: argparse.Namespace) -> int:
     return _pytest([*ns.paths, *extra, *ns.pytest_args])
 
 
+def _discover(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from .discover import discover
+    from .errors import CircuitCheckError
+
+    spec: dict = {"builder": ns.task}
+    for item in ns.arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"circuitcheck discover: --arg {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        spec[key] = yaml.safe_load(value)
+    try:
+        from .claimfile import _check_task
+
+        spec = validate_task_spec(Path(ns.out), spec, "--task")
+        doc = discover(ns.model, spec, ns.out, trials=ns.trials, top=ns.top,
+                       percentile=ns.percentile, ablation=ns.ablation, metric=ns.metric,
+                       margin=ns.margin, seed=ns.seed, device=ns.device)
+    except CircuitCheckError as exc:
+        print(f"circuitcheck discover: {exc}", file=sys.stderr)
+        return 2
+    heads = doc["circuit"]["groups"]["discovered"]
+    print(f"wrote {ns.out}: {len(heads)} heads {heads}; {doc['source']}")
+    return 0
+
+
 def _zoo(ns: argparse.Namespace) -> int:
     from .zoo.build import main as zoo_main
 
@@ -61,6 +90,24 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="after --: options passed to pytest (e.g. -- --cc-model gpt2 -x)")
     r.set_defaults(func=_run)
+    c = sub.add_parser("discover", help="find the heads that matter and write a YAML claim")
+    c.add_argument("--model", required=True, help="hub id, local directory or zoo:NAME")
+    c.add_argument("--task", required=True, help="task builder: ioi, induction, greater_than, "
+                   "copying, jsonl, csv")
+    c.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="task builder argument (repeatable), e.g. --arg n=64 --arg seq_len=12")
+    c.add_argument("--out", required=True, help="claim file to write, e.g. circuits/x.yaml")
+    c.add_argument("--trials", type=int, default=2048, help="trials per regime (default 2048)")
+    c.add_argument("--top", type=int, default=None, help="keep the top K heads by importance")
+    c.add_argument("--percentile", type=float, default=90.0,
+                   help="without --top: keep heads above this importance percentile (default 90)")
+    c.add_argument("--ablation", default="mean", help="zero, mean, mean-by-template, resample")
+    c.add_argument("--metric", default="top1", help="top1, logit_diff, prob, logprob, ...")
+    c.add_argument("--margin", type=float, default=0.05,
+                   help="thresholds are the measured interval bound -/+ this (default 0.05)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.set_defaults(func=_discover)
     z = sub.add_parser("zoo", help="list or build the zoo models (python -m circuitcheck.zoo)")
     z.add_argument("zoo_args", nargs=argparse.REMAINDER, help="list | build NAME [--out DIR]")
     z.set_defaults(func=_zoo)
