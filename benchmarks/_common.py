@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmarks: models, timing, the device's measured matmul rate."""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def gpt2_shaped(n_layers: int = 4, d_model: int = 768, n_heads: int = 12, seed: int = 0) -> Path:
+    """A GPT-2-small-shaped model (fewer layers) with random weights, saved with a tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitcheck.zoo.data import make_tokenizer
+
+    out = Path(tempfile.mkdtemp(prefix="cc-bench-")) / f"gpt2-{n_layers}l"
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=d_model,
+                                       n_layer=n_layers, n_head=n_heads,
+                                       bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_rate(device: str = "cpu", n: int = 1024) -> float:
+    """Measured dense matmul FLOP/s of the device (the physical limit's denominator)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def run() -> None:
+        for _ in range(8):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return 8 * 2 * n**3 / median_time(run, 5)
+
+
+def forward_flops(model: Any, tokens: int, read_positions: int | None = None) -> float:
+    """Matmul FLOPs of one forward over ``tokens`` tokens (unembedding only where read)."""
+    cfg = model.cfg
+    d, L = cfg.d_model, cfg.n_layers
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * d
+    per_token_layer = 2 * (4 * d * d + 2 * d * d_mlp)  # qkv + out, mlp in + out
+    unembed = 2 * d * cfg.d_vocab * (tokens if read_positions is None else read_positions)
+    return L * per_token_layer * tokens + unembed
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}")

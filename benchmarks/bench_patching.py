@@ -1,0 +1,158 @@
+"""Per-head activation patching: how fast is ``cc.patch_heads`` against the plain ways?
+
+Run ``python benchmarks/bench_patching.py [--layers 4] [--prompts 16] [--repeats 3]``. Builds a
+GPT-2-small-shaped model (d_model 768, 12 heads, vocabulary 50257) with random weights and
+fewer layers, saves it with a word-level tokenizer, and times in one process (median of the
+repeats, methods interleaved so machine load hits them alike):
+
+(a) one full forward per head over all prompts (hook_z of that head patched clean -> corrupted);
+(b) ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` (it runs on the bridge);
+(c) ``cc.patch_heads`` (exact: starts each run at the patched layer, reads the last token);
+(d) ``cc.attribution_patch_heads`` (one forward + backward).
+
+Prints a markdown table with ratios to (a), the largest difference between (c) and (a), and the
+correlation of (d) with (c). Not run by the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def build_model(out: Path, n_layers: int, seed: int = 0) -> Path:
+    """A GPT-2-small-shaped random model with the zoo's word-level tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitcheck.zoo.data import make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=768, n_layer=n_layers, n_head=12,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_task(model: Any, n: int, words: int, seed: int = 0) -> Any:
+    """Same-length clean/corrupted prompts; answer = the clean top token, wrong = the corrupted
+    one's (so the model separates them by construction)."""
+    import circuitcheck as cc
+
+    rng = random.Random(seed)
+    vocab = [f"t{i}" for i in range(60)]
+    prompts = [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+    corrupted = [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+    answers, wrong = [], []
+    with torch.inference_mode():
+        for p, c in zip(prompts, corrupted):
+            top_clean = model(model.to_tokens(p))[0, -1].topk(2).indices.tolist()
+            top_corr = model(model.to_tokens(c))[0, -1].argmax().item()
+            answers.append(top_clean[0])
+            wrong.append(top_corr if top_corr != top_clean[0] else top_clean[1])
+    return cc.Task(prompts=prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
+                   name="bench")
+
+
+def loop_per_head(model: Any, enc: Any) -> np.ndarray:
+    """(a) the plain way: one full forward (all prompts, all logits) per head."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    with torch.inference_mode():
+        clean_logits, cache = model.run_with_cache(enc.tokens)
+        corr_logits = model(enc.corrupted)
+        ld = lambda lo: _ld(lo, enc)  # noqa: E731
+        c, k = ld(clean_logits), ld(corr_logits)
+        out = np.zeros((L, H))
+        for layer in range(L):
+            src = cache[f"blocks.{layer}.attn.hook_z"]
+            for h in range(H):
+                def hook(z: torch.Tensor, hook: Any, h: int = h) -> torch.Tensor:
+                    z[:, :, h] = src[:, :, h]
+                    return z
+                logits = model.run_with_hooks(enc.corrupted, fwd_hooks=[
+                    (f"blocks.{layer}.attn.hook_z", hook)])
+                out[layer, h] = (ld(logits) - k) / (c - k)
+    return out
+
+
+def _ld(logits: torch.Tensor, enc: Any) -> float:
+    last = logits[torch.arange(enc.n), enc.lengths - 1]
+    n = torch.arange(enc.n)
+    return float((last[n, enc.answers] - last[n, enc.wrong]).mean())
+
+
+def tl_patching(model: Any, enc: Any) -> np.ndarray:
+    """(b) transformer_lens.patching on the bridge."""
+    from transformer_lens import patching
+
+    with torch.inference_mode():
+        clean_logits, cache = model.run_with_cache(enc.tokens)
+        c, k = _ld(clean_logits, enc), _ld(model(enc.corrupted), enc)
+        metric = lambda lo: (_ld(lo, enc) - k) / (c - k)  # noqa: E731
+        return patching.get_act_patch_attn_head_out_all_pos(
+            model, enc.corrupted, cache, lambda lo: torch.tensor(metric(lo))).numpy()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    import circuitcheck as cc
+    from circuitcheck.measures import patching as P
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--words", type=int, default=19, help="words per prompt (+ BOS)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = cc.load_model(build_model(Path(tmp) / "gpt2-bench", args.layers), device="cpu")
+    task = build_task(model, args.prompts, args.words)
+    enc = task.encode(model)
+    methods = {
+        "(a) one full forward per head": lambda: loop_per_head(model, enc),
+        "(b) transformer_lens.patching": lambda: tl_patching(model, enc),
+        "(c) cc.patch_heads (exact)": lambda: P.patch_heads(model, task).values,
+        "(d) cc.attribution_patch_heads": lambda: P.attribution_patch_heads(model, task).values,
+    }
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    results: dict[str, np.ndarray] = {}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            t, results[name] = timed(fn)
+            times[name].append(t)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    base = med["(a) one full forward per head"]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    print(f"\nGPT-2-small-shaped random model: {L} layers x {H} heads, d_model 768, vocab "
+          f"{model.cfg.d_vocab}; {enc.n} prompts of {int(enc.lengths[0])} tokens; "
+          f"torch threads {torch.get_num_threads()}; median of {args.repeats}\n")
+    print("| method | median (s) | speed-up vs (a) |")
+    print("|---|---:|---:|")
+    for m in methods:
+        print(f"| {m} | {med[m]:.2f} | {base / med[m]:.1f}x |")
+    exact, loop = results["(c) cc.patch_heads (exact)"], results["(a) one full forward per head"]
+    attr = results["(d) cc.attribution_patch_heads"]
+    tl = results["(b) transformer_lens.patching"]
+    corr = float(np.corrcoef(exact.ravel(), attr.ravel())[0, 1])
+    print(f"\nmax |(c) - (a)| = {np.abs(exact - loop).max():.2e}; "
+          f"max |(b) - (a)| = {np.abs(tl - loop).max():.2e}")
+    print(f"attribution vs exact: Pearson r = {corr:.3f}; "
+          f"max |(d) - (c)| = {np.abs(attr - exact).max():.3f} "
+          f"(exact values span [{exact.min():.3f}, {exact.max():.3f}])")
+
+
+if __name__ == "__main__":
+    main()
