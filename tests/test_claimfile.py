@@ -101,3 +101,27 @@ def test_malformed_claims_name_file_line_key_and_fix(tmp_path, text, message):
     else:
         errors = [e[2] for e in parsed.errors]
     assert len(errors) == 1 and message in errors[0] and "c.yaml" in errors[0]
+
+
+def test_xdist_gives_the_same_verdicts_and_one_merged_report(pytester, model_dirs, tiny, arch):
+    pytest.importorskip("xdist")
+    (pytester.path / "circuits").mkdir()
+    _write_data(tiny, pytester.path / "circuits" / "data.jsonl")
+    if arch != "gpt2":
+        pytest.skip("one architecture is enough to check the xdist merge")
+    text = GOOD.format(model=model_dirs[arch]).split("  - name: typo-claim")[0]
+    (pytester.path / "circuits" / "a.yaml").write_text(text)
+    (pytester.path / "circuits" / "b.yaml").write_text(
+        text.replace("all-heads-faithful", "all-heads-again").replace("small-circuit", "small-again"))
+    docs = {}
+    for workers in ("0", "2"):
+        out = pytester.path / f"r{workers}"
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-n", workers,
+                                               f"--cc-report={out}")
+        result.assert_outcomes(passed=4)
+        docs[workers] = json.loads((out / "results.json").read_text())
+    def verdicts(doc):
+        return sorted((c["nodeid"], c["verdict"], round(c["measurement"]["value"], 9))
+                      for c in doc["claims"])
+    assert len(docs["2"]["claims"]) == 4
+    assert verdicts(docs["0"]) == verdicts(docs["2"])
