@@ -44,7 +44,7 @@ class Measurement:
     def __bool__(self) -> bool:
         raise TypeError(
             f"a {self.kind} measurement has no truth value; compare m.value "
-            f"(here {self.value:.3g}) or use cc.assert_{self.kind.split()[0]}(...)"
+            f"(here {self.value:.3g}) with a threshold, or use the cc.assert_* helpers"
         )
 
     def __float__(self) -> float:

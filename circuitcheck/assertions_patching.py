@@ -1,0 +1,108 @@
+"""``assert_*`` helpers for patching claims: recovery by activation patching, direct effect,
+and attention ablation against random heads.
+
+They behave like ``circuitcheck.assertions``: a claim *holds* only when its whole confidence
+interval is past the threshold, *fails* when the whole interval is short of it, and is
+*inconclusive* otherwise (a failure unless ``allow_inconclusive``); each claim is recorded for
+the report, with per-head heatmaps in the measurement's details.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .assertions import HOLDS, INCONCLUSIVE, _check_threshold, _conclude, claim_message, verdict
+from .circuit import format_head, parse_head
+from .measures import Measurement
+from .measures.patching import attention_ablation_effect, direct_effect, patching_recovery
+from .tasks import Task
+
+
+def _label(heads: Any) -> str:
+    if isinstance(heads, str) or (isinstance(heads, tuple) and len(heads) == 2
+                                  and all(isinstance(x, int) for x in heads)):
+        heads = [heads]
+    return ", ".join(format_head(parse_head(h)) for h in heads)
+
+
+def _finish(name: str, m: Measurement, threshold: float, extra: list[str],
+            allow_inconclusive: bool) -> Measurement:
+    __tracebackhide__ = True
+    v = verdict(m, at_least=threshold)
+    ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
+
+    def story() -> str:
+        lines = claim_message(name, m, v, ">=", threshold).split("\n")
+        return "\n".join(lines[:1] + extra + lines[1:])
+
+    _conclude({"claim": name, "kind": m.kind, "verdict": v, "op": ">=", "threshold": threshold,
+               "measurement": m.to_dict()}, ok, story)
+    return m
+
+
+def assert_patching_recovers(model: Any, task: Task, heads: Any, *, at_least: float,
+                             name: str | None = None, allow_inconclusive: bool = False,
+                             **kwargs: Any) -> Measurement:
+    """Assert that patching ``heads`` (clean → corrupted, together, all positions) recovers at
+    least ``at_least`` of the metric: (F(patched) - F(corrupted)) / (F(clean) - F(corrupted)).
+
+    Keyword arguments go to ``cc.measures.patching.patching_recovery`` (component, metric,
+    seed, confidence, heatmap). On failure the story names the heads that recover the most.
+    """
+    __tracebackhide__ = True
+    at_least = _check_threshold(at_least, "at_least")
+    m = patching_recovery(model, task, heads, **kwargs)
+    label = _label(heads)
+    claim = name or f"patching {label} recovers {at_least:.0%} of {m.metric}"
+    extra = [f"  patched    {label} ({m.details['component']}, clean into corrupted, all "
+             "positions)"]
+    if m.details.get("top"):
+        extra.append("  best single heads  " + ", ".join(f"{h} {v:+.2f}"
+                                                        for h, v in m.details["top"]))
+    return _finish(claim, m, at_least, extra, allow_inconclusive)
+
+
+def assert_direct_effect(model: Any, task: Task, heads: Any, *, at_least: float,
+                         name: str | None = None, allow_inconclusive: bool = False,
+                         **kwargs: Any) -> Measurement:
+    """Assert that ``heads``' summed direct logit attribution is at least ``at_least`` of the
+    logit difference (mean over prompts). Keyword arguments go to ``direct_effect``."""
+    __tracebackhide__ = True
+    at_least = _check_threshold(at_least, "at_least")
+    m = direct_effect(model, task, heads, **kwargs)
+    label = _label(heads)
+    claim = name or f"{label} directly write {at_least:.0%} of the logit difference"
+    heat = m.details["heatmaps"]["direct logit attribution"]["data"]
+    ranked = sorted(((v, (l, h)) for l, row in enumerate(heat) for h, v in enumerate(row)),
+                    reverse=True)[:5]
+    extra = [f"  heads      {label}: direct effect through ln_final and W_U[answer] - "
+             "W_U[wrong]",
+             "  largest direct effects  " + ", ".join(f"{format_head(hd)} {v:+.2f}"
+                                                      for v, hd in ranked)]
+    return _finish(claim, m, at_least, extra, allow_inconclusive)
+
+
+def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
+                                     over_random_by: float, name: str | None = None,
+                                     allow_inconclusive: bool = False,
+                                     **kwargs: Any) -> Measurement:
+    """Assert that ablating ``heads``' attention raises the copying loss by at least
+    ``over_random_by`` nats more than ablating random head sets of the same size.
+
+    Keyword arguments go to ``attention_ablation_effect`` (n_repeats, mode, seed, heatmap).
+    """
+    __tracebackhide__ = True
+    over_random_by = _check_threshold(over_random_by, "over_random_by")
+    m = attention_ablation_effect(model, task, heads, **kwargs)
+    label = _label(heads)
+    claim = name or (f"ablating {label}'s attention costs {over_random_by:.2f} nats more than "
+                     "random heads")
+    r = m.details["random_effects"]
+    b = m.baselines
+    extra = [f"  ablated    {label}: loss +{b['chosen ablated'] - b['clean loss']:.3f} nats; "
+             f"{len(r)} random sets of as many heads: +{b['random ablated'] - b['clean loss']:.3f}"
+             f" on average (p = {m.details['p_value']:.3g} that random sets do as much)"]
+    return _finish(claim, m, over_random_by, extra, allow_inconclusive)
+
+
+__all__ = ["assert_attention_ablation_effect", "assert_direct_effect",
+           "assert_patching_recovers"]
