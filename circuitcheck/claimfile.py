@@ -18,6 +18,9 @@ A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims`
           equivalence: {epsilon: 0.1, alpha: 0.05}
           localization: {alpha: 0.05, n_random: 100}
           robust: {at_least: 0.8, ablation: [zero, mean], metric: [top1, prob]}
+          patching: {heads: ["1.2"], at_least: 0.5}
+          direct_effect: {heads: ["1.2"], at_least: 0.5}
+          attention_ablation: {heads: ["1.2"], over_random_by: 1.0}
 
 Every key is checked before any model runs; an error names the file, the line, the key and
 the fix ("did you mean ..."). Nothing here imports pytest.
@@ -49,9 +52,15 @@ EXPECT_KEYS = {
     "minimality": ("n_random",) + TEST_KEYS,
     "robust": ("at_least", "at_most", "require", "ablation", "metric", "positions",
                "normalize", "reference", "confidence"),
+    "patching": ("heads", "at_least", "component", "metric", "confidence",
+                 "allow_inconclusive"),
+    "direct_effect": ("heads", "at_least", "confidence", "allow_inconclusive"),
+    "attention_ablation": ("heads", "over_random_by", "n_repeats", "mode", "confidence",
+                           "allow_inconclusive"),
 }
 HEAD_SCORE_KEYS = ("heads", "at_least", "top", "n", "seq_len")
-REQUIRED = {"faithfulness": "at_least", "necessity": "at_most", "important": "heads"}
+REQUIRED = {"faithfulness": "at_least", "necessity": "at_most", "important": "heads",
+            "patching": "heads", "direct_effect": "heads", "attention_ablation": "heads"}
 NEEDS_CIRCUIT = {"faithfulness", "necessity", "equivalence", "localization", "minimality",
                  "robust"}
 
@@ -174,7 +183,7 @@ def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
         if need is not None and need not in spec:
             raise ClaimFileError(f"{_where(path, spec)}: {kind} needs {need!r} "
                                  f"(e.g. {kind}: {{{need}: 0.8}})")
-        for key in ("at_least", "at_most", "epsilon", "alpha"):
+        for key in ("at_least", "at_most", "epsilon", "alpha", "over_random_by"):
             if key in spec and (not isinstance(spec[key], (int, float))
                                 or isinstance(spec[key], bool)):
                 raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.{key} must be a number, "
@@ -274,8 +283,12 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
     Every expectation runs (and is recorded for the report) even when an earlier one failed.
     """
     from . import assertions as a
+    from . import assertions_patching as ap
 
     task = build_task(model, claim.task)
+    on_heads = {"important": a.assert_important, "patching": ap.assert_patching_recovers,
+                "direct_effect": ap.assert_direct_effect,
+                "attention_ablation": ap.assert_attention_ablation_effect}
     on_circuit = {"faithfulness": a.assert_faithful, "necessity": a.assert_necessary,
                   "equivalence": a.assert_equivalent, "localization": a.assert_localized,
                   "minimality": a.assert_minimal, "robust": a.assert_robust}
@@ -284,9 +297,9 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
         try:
             if kind in on_circuit:
                 on_circuit[kind](model, task, claim.circuit, name=claim.name, **spec)
-            elif kind == "important":
+            elif kind in on_heads:
                 spec = dict(spec)
-                a.assert_important(model, task, spec.pop("heads"), name=claim.name, **spec)
+                on_heads[kind](model, task, spec.pop("heads"), name=claim.name, **spec)
             else:
                 for score_kind, sub in spec.items():
                     sub = dict(sub)
