@@ -9,7 +9,8 @@ Each test returns a ``HypothesisTest`` with its statistic, p-value and decision 
   size is at most α, exactly α at the boundary |Δ| = ε). Rejecting says the circuit is *not*
   equivalent; not rejecting is the circuit's claim surviving the test.
 - **localization** — H0: removing the circuit hurts no more than removing a random set of
-  as many heads. Permutation test against ``n_random`` random head sets (batched):
+  as many heads from outside it (disjoint, so a random set never contains the circuit's own
+  heads). Permutation test against ``n_random`` random head sets (batched):
   p = (1 + #{F(M \\ S) <= F(M \\ C)}) / (1 + n_random). Rejecting supports the circuit.
 - **minimality** — for each head v ∈ C, H0: v matters no more than a random head outside the
   circuit. Statistic: drop(v) = F(C) - F(C \\ {v}); reference: gain(u) = F(C ∪ {u}) - F(C)
@@ -108,13 +109,13 @@ def localization(model: Any, task: Task, circuit: Circuit, *, n_random: int = 10
                batch_size)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     rng = np.random.default_rng(s.seed)
-    sets = _random_sets(L, H, len(circuit), n_random, rng)
+    sets = _random_sets(L, H, len(circuit), n_random, rng, exclude=set(circuit.heads))
     variants = [circuit] + [Circuit({"random": hs}) for hs in sets]
     rows = _metric_rows(s, variants, [True] * len(variants)).mean(1)
     observed, reference_dist = float(rows[0]), rows[1:]
     p = (1 + int((reference_dist <= observed).sum())) / (1 + len(reference_dist))
     return HypothesisTest(
-        "localization", "removing the circuit hurts no more than removing random heads",
+        "localization", "removing the circuit hurts no more than removing random outside heads",
         observed, p, alpha,
         {"random_mean": float(reference_dist.mean()), "n_random": n_random,
          "random_quantiles": np.quantile(reference_dist, [0.05, 0.5, 0.95]).tolist()})
