@@ -295,9 +295,13 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     out_good = torch.empty(n_rows) if enc.good is not None else None
     out_bad = torch.empty(n_rows) if enc.bad is not None else None
     out_kl = torch.empty(n_rows) if ref_logprobs is not None else None
+    all_rows = torch.arange(n_rows)
+    all_prompts = all_rows % N if prompt_of is None else prompt_of
+    # less work: rows of similar length share a batch, so little padding is computed
+    order = torch.argsort(lens[all_prompts], stable=True)
     with torch.inference_mode():
         for start in range(0, n_rows, bs):
-            rows = torch.arange(start, min(start + bs, n_rows))
+            rows = order[start:start + bs]
             if prompt_of is None:
                 v_idx, p_idx = rows // N, rows % N
             else:
