@@ -133,21 +133,54 @@ def load_model(
     kwargs: dict[str, Any] = {"device": dev, "dtype": dt}
     if revision is not None:
         kwargs["revision"] = revision
-    try:
-        bridge = TransformerBridge.boot_transformers(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        if Path(source).exists():
-            raise ModelNotFoundError(
-                f"model directory {source!r} could not be loaded: {exc}"
+
+    def boot() -> Any:
+        try:
+            return TransformerBridge.boot_transformers(source, **kwargs)
+        except (OSError, ValueError) as exc:
+            if Path(source).exists():
+                raise ModelNotFoundError(
+                    f"model directory {source!r} could not be loaded: {exc}"
+                ) from None
+            raise ModelUnavailableError(
+                _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
             ) from None
-        raise ModelUnavailableError(
-            _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
-        ) from None
-    bridge.enable_compatibility_mode()
+
+    bridge = boot()
     bridge.eval()
+    raw = _probe(bridge)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.cc_processing = "folded"
+    if _drift(_probe(bridge), raw) > _tolerance(dt):
+        # Weight processing changed the model's predictions (seen with TransformerLens 4.3 on
+        # some checkpoints): never measure a different function than the user's model.
+        bridge = boot()
+        bridge.eval()
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+        bridge.cc_processing = "unprocessed"
     bridge.cc_name = str(name_or_dir)  # what the user asked for, for reports
     _CACHE[key] = bridge
     return bridge
+
+
+def _probe(bridge: Any) -> "torch.Tensor":
+    """Log-probabilities on a short fixed sequence, to check weight processing kept them."""
+    import torch
+
+    vocab = bridge.cfg.d_vocab
+    ids = torch.tensor([[int(i * 7919) % vocab for i in range(1, 9)]], device=bridge.cfg.device)
+    with torch.inference_mode():
+        return bridge(ids).float().log_softmax(-1).cpu()
+
+
+def _drift(a: "torch.Tensor", b: "torch.Tensor") -> float:
+    return float((a - b).abs().max())
+
+
+def _tolerance(dtype: "torch.dtype") -> float:
+    import torch
+
+    return 1e-3 if dtype in (torch.float32, torch.float64) else 1e-1
 
 
 def clear_cache() -> None:

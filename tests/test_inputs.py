@@ -159,3 +159,17 @@ def test_unknown_words_are_rejected(tiny):
         cc.Task(prompts=["t1 banana"], answers=["t2"]).encode(tiny)
     with pytest.raises(TaskError, match=r"answers\[0\] = 'banana' has words"):
         cc.Task(prompts=["t1"], answers=["banana"]).encode(tiny)
+
+
+def test_loaded_model_matches_the_hugging_face_forward(model_dirs, arch):
+    """Compatibility mode must not change the function: bridge log-probs == plain HF's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    bridge = cc.load_model(model_dirs[arch], device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(model_dirs[arch], attn_implementation="eager")
+    toks = torch.tensor([[1, 5, 9, 12, 7, 30, 41]])
+    with torch.inference_mode():
+        diff = (bridge(toks).log_softmax(-1) - hf(toks).logits.log_softmax(-1)).abs().max()
+    assert float(diff) < 1e-4
+    assert bridge.cc_processing in ("folded", "unprocessed")
