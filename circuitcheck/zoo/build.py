@@ -168,8 +168,9 @@ def _build_induction(out_dir: Path, seed: int) -> dict[str, Any]:
     return {
         "description": (
             "2-layer x 4-head attention-only GPT-2 trained on repeated random word tokens with random "
-            "segment and gap lengths (loss on the second copy). It forms a previous-token head "
-            f"(L{pl}H{ph}) and an induction head (L{il}H{ih}), identified after training by attention scores."
+            "segment and gap lengths (loss on the second copy). Heads identified after training by attention "
+            f"scores: previous-token head L{pl}H{ph}, induction head L{il}H{ih}; see `checks` for whether "
+            "they form a standard induction circuit."
         ),
         "architecture": _architecture(model),
         "circuit": {k: [list(h) for h in v] for k, v in circuit.items()},
@@ -177,8 +178,9 @@ def _build_induction(out_dir: Path, seed: int) -> dict[str, Any]:
         "training": {
             **induction.TRAIN,
             "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0, linear warmup + cosine decay to 10%",
-            "data": "[<bos>] f1 seg f2 seg tail; seg length U[min_seg_len, max_seg_len], filler lengths random; "
-            "seg + fillers are distinct tokens; loss only on r2..rL of the second copy",
+            "data": "packed repeat units [<bos>] (f1 seg f2 seg)+ tail with random seg length U[min_seg_len, max_seg_len] "
+            "and gaps U[0, max_gap], distinct tokens per sequence, loss on r2..rL of each second copy; "
+            "plus skip_bigram_frac of skip-bigram chains x[i+1] = perm[x[i-1]]; random per-batch position-id offset",
             "train_seconds_on_build_machine": train_s,
         },
         **_verify(out_dir, circuit),

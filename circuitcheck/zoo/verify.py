@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 Head = tuple[int, int]
+MIN_SCORE = 0.3  # a circuit head's own attention score must reach this (besides ranking first)
 
 
 def load_bridge(path: str | Path) -> Any:
@@ -150,7 +151,8 @@ def verify_induction(path: str | Path, circuit: dict[str, list[Head]], eval_cfg:
 def check_induction(result: dict[str, Any], circuit: dict[str, list[Head]]) -> dict[str, bool]:
     """Pass/fail checks for the card: circuit sufficiency (>= 90% of full accuracy),
     necessity (ablated -> near chance: <= max(0.1, 3 x chance)), and the circuit
-    heads ranking first on their attention score, within their layer and over all heads."""
+    heads ranking first on their attention score (within their layer and over all heads)
+    with a score of at least ``MIN_SCORE``."""
     acc, sc = result["copying_accuracy"], result["scores"]
 
     def ranks_first(score: str, head: Head, overall: bool) -> bool:
@@ -169,4 +171,5 @@ def check_induction(result: dict[str, Any], circuit: dict[str, list[Head]]) -> d
         for overall in (False, True):
             name = f"{score}_head_ranks_first_{'overall' if overall else 'in_layer'}"
             checks[name] = all(ranks_first(score, tuple(h), overall) for h in circuit[role])
+        checks[f"{score}_score_at_least_{MIN_SCORE}"] = all(sc[score][l][h] >= MIN_SCORE for l, h in circuit[role])
     return checks
