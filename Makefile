@@ -20,4 +20,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-.PHONY: install demo test
+# Speed comparisons (not part of the tests); writes benchmarks/RESULTS.md
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run.py
+
+.PHONY: install demo test bench

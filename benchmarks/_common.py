@@ -12,7 +12,8 @@ import torch
 
 
 def gpt2_shaped(n_layers: int = 4, d_model: int = 768, n_heads: int = 12, seed: int = 0) -> Path:
-    """A GPT-2-small-shaped model (fewer layers) with random weights, saved with a tokenizer."""
+    """A GPT-2-small-shaped model (fewer layers, GPT-2's 50257-token unembedding) with random
+    weights, saved with the zoo's word-level tokenizer (prompts use its first 64 ids)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuitcheck.zoo.data import make_tokenizer
@@ -20,7 +21,7 @@ def gpt2_shaped(n_layers: int = 4, d_model: int = 768, n_heads: int = 12, seed: 
     out = Path(tempfile.mkdtemp(prefix="cc-bench-")) / f"gpt2-{n_layers}l"
     tok = make_tokenizer()
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=d_model,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=d_model,
                                        n_layer=n_layers, n_head=n_heads,
                                        bos_token_id=tok.bos_token_id,
                                        eos_token_id=tok.eos_token_id))

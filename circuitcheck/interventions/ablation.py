@@ -216,9 +216,15 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
                 key, layer = names[hook.name]
                 store[key][layer].append(x.detach())
 
-            model.run_with_hooks(chunk, fwd_hooks=[(n, save) for n in names],
-                                 return_type=None, stop_at_layer=None)
+            # no logits are needed: unembed a single position per row
+            model.run_with_hooks(chunk, fwd_hooks=[*((n, save) for n in names),
+                                                   ("unembed.hook_in", _first_position)],
+                                 return_type=None)
     return {k: [torch.cat(parts) for parts in v] for k, v in store.items()}
+
+
+def _first_position(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
+    return x[:, :1]
 
 
 @dataclass(frozen=True, eq=False)

@@ -75,27 +75,38 @@ def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, m
                   _settings.seed() if seed is None else seed, confidence, batch_size, ref)
 
 
-def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool]) -> np.ndarray:
-    """Metric per (variant, prompt) for the given circuit variants: [V, N]."""
+def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
+                 *, with_baselines: bool = False) -> Any:
+    """Metric per (variant, prompt) for the given circuit variants: [V, N].
+
+    With ``with_baselines`` the full model and the all-ablated model ride along in the same
+    batched passes, and ``(rows, baselines)`` is returned (see ``_baselines``).
+    """
+    circuits, ablate = list(circuits), list(ablate)
+    if with_baselines:
+        L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
+        circuits += [Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}),
+                     Circuit({"none": []})]
+        ablate += [False, False]
     variants = Variants.from_circuits(s.model, circuits, ablate)
-    return s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
+    rows = s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
                                  ref_logprobs=s.ref_logprobs))
+    if not with_baselines:
+        return rows
+    return rows[:-2], _baselines(s, rows[-2], rows[-1])
 
 
-def _baseline_rows(s: _Setup) -> dict[str, np.ndarray]:
-    """Per-prompt metric of the full model, everything ablated, and the corrupted prompts."""
+def _baselines(s: _Setup, full: np.ndarray, ablated: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-prompt metric of the full model, of everything ablated, and (when the measurement
+    is normalised to it) of the corrupted prompts."""
     import torch
 
-    L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
-    keep = torch.zeros(2, L, H, dtype=torch.bool)
-    keep[0] = True
-    rows = s.metric(run_variants(s.model, s.enc, Variants(keep), s.values,
-                                 batch_size=s.batch_size, ref_logprobs=s.ref_logprobs))
-    out = {"full": rows[0], "ablated": rows[1]}
-    if s.enc.corrupted is not None:
+    out = {"full": full, "ablated": ablated}
+    if s.normalize == "corrupted":  # only then is the corrupted run worth its forward passes
+        L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
         out["corrupted"] = s.metric(run_variants(
-            s.model, s.enc, Variants(keep[:1]), None, tokens=s.enc.corrupted,
-            lengths=s.enc.corrupted_lengths, batch_size=s.batch_size,
+            s.model, s.enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None,
+            tokens=s.enc.corrupted, lengths=s.enc.corrupted_lengths, batch_size=s.batch_size,
             ref_logprobs=s.ref_logprobs))[0]
     return out
 
@@ -149,8 +160,8 @@ def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "m
     """
     s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
                confidence, batch_size)
-    rows = _metric_rows(s, [circuit], [False])
-    return _ratio_measurement(s, "faithfulness", rows[0], _baseline_rows(s), circuit)
+    rows, base = _metric_rows(s, [circuit], [False], with_baselines=True)
+    return _ratio_measurement(s, "faithfulness", rows[0], base, circuit)
 
 
 def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
@@ -160,8 +171,8 @@ def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean
     """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept."""
     s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
                confidence, batch_size)
-    rows = _metric_rows(s, [circuit], [True])
-    return _ratio_measurement(s, "necessity", rows[0], _baseline_rows(s), circuit)
+    rows, base = _metric_rows(s, [circuit], [True], with_baselines=True)
+    return _ratio_measurement(s, "necessity", rows[0], base, circuit)
 
 
 def head_drops(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
@@ -174,9 +185,8 @@ def head_drops(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mea
     s = _setup(model, task, [circuit], ablation, metric, reference, normalize, 0, 0.95,
                batch_size)
     heads = circuit.heads
-    rows = _metric_rows(s, [circuit] + [circuit.without([h]) for h in heads],
-                        [False] * (len(heads) + 1))
-    base = _baseline_rows(s)
+    rows, base = _metric_rows(s, [circuit] + [circuit.without([h]) for h in heads],
+                              [False] * (len(heads) + 1), with_baselines=True)
     b = 0.0 if normalize == "ratio" else float(base[normalize].mean())
     den = float(base["full"].mean()) - b
     if not den:
@@ -227,8 +237,7 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
     variants: list[Circuit] = []
     for h, k in ks.items():
         variants += [circuit.without(k), circuit.without(k + (h,))]
-    rows = _metric_rows(s, variants, [False] * len(variants))
-    base = _baseline_rows(s)
+    rows, base = _metric_rows(s, variants, [False] * len(variants), with_baselines=True)
     full = base["full"]
     den = abs(float(full.mean()))
     n = len(full)

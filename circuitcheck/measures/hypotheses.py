@@ -29,7 +29,7 @@ import numpy as np
 from ..circuit import Circuit, Head, format_head
 from ..errors import CircuitCheckError
 from ..tasks import Task
-from .circuit import _baseline_rows, _metric_rows, _setup
+from .circuit import _metric_rows, _setup
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,9 +87,8 @@ def equivalence(model: Any, task: Task, circuit: Circuit, *, epsilon: float = 0.
     """Is the circuit (everything else ablated) equivalent to the full model within ε?"""
     s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed, 0.95,
                batch_size)
-    rows = _metric_rows(s, [circuit], [False])[0]
-    return equivalence_test(rows, _baseline_rows(s)["full"], epsilon=epsilon, alpha=alpha,
-                            seed=s.seed)
+    rows, base = _metric_rows(s, [circuit], [False], with_baselines=True)
+    return equivalence_test(rows[0], base["full"], epsilon=epsilon, alpha=alpha, seed=s.seed)
 
 
 def _random_sets(L: int, H: int, size: int, n: int, rng: np.random.Generator,
