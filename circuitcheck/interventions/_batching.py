@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 #: Budget for one batch's activations on a CPU (bytes): big enough to amortise Python
-#: overhead, small enough to stay in cache-friendly sizes on 2-core machines.
-CPU_BUDGET = 512 * 2**20
+#: overhead, small enough that the elementwise work (GELU, layer norms, softmax) stays in
+#: cache. Measured on a GPT-2-shaped model (d=768): 64-96 rows per batch ran 25% faster per
+#: row than 372 rows (the old 512 MiB budget) and no slower than 16-48.
+CPU_BUDGET = 128 * 2**20
 MAX_ROWS = 4096
 
 
