@@ -1,7 +1,7 @@
 """The ``circuitcheck`` command: run claim files, the demo, and the zoo.
 
     circuitcheck demo                  check the zoo claims in circuits/, write reports/
-    circuitcheck run PATH ... [-- pytest args]
+    circuitcheck run PATH ... [--report DIR] [pytest options]
     circuitcheck discover --model M --task T [--arg k=v ...] --out circuits/x.yaml
     circuitcheck zoo list | build NAME
 """
@@ -53,7 +53,7 @@ def _discover(ns: argparse.Namespace) -> int:
             return 2
         spec[key] = yaml.safe_load(value)
     try:
-        from .claimfile import _check_task
+        from .claimfile import validate_task_spec
 
         spec = validate_task_spec(Path(ns.out), spec, "--task")
         doc = discover(ns.model, spec, ns.out, trials=ns.trials, top=ns.top,
@@ -84,11 +84,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default auto)")
     d.set_defaults(func=_demo)
-    r = sub.add_parser("run", help="check claim files or test files with pytest")
+    r = sub.add_parser("run", help="check claim files or test files with pytest",
+                       description="Other options are passed to pytest, e.g. "
+                       "circuitcheck run circuits/ --cc-model gpt2 -x")
     r.add_argument("paths", nargs="+", help="YAML claim files, test files or directories")
     r.add_argument("--report", default=None, help="also write the HTML/JSON report here")
-    r.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                   help="after --: options passed to pytest (e.g. -- --cc-model gpt2 -x)")
     r.set_defaults(func=_run)
     c = sub.add_parser("discover", help="find the heads that matter and write a YAML claim")
     c.add_argument("--model", required=True, help="hub id, local directory or zoo:NAME")
@@ -115,9 +115,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = parser().parse_args(argv)
-    if ns.command == "run" and ns.pytest_args[:1] == ["--"]:
-        ns.pytest_args = ns.pytest_args[1:]
+    ns, rest = parser().parse_known_args(argv)
+    if ns.command == "run":
+        ns.pytest_args = [a for a in rest if a != "--"]
+    elif rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
     return ns.func(ns)
 
 
