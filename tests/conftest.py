@@ -59,10 +59,11 @@ def tiny(model_dirs: dict[str, Path], arch: str):
     return cc.load_model(model_dirs[arch], device="cpu")
 
 
-def own_task(model, n: int = 12, seed: int = 0, corrupt: bool = True):
+def own_task(model, n: int = 12, seed: int = 0, corrupt: bool = True, words: int | None = None):
     """A task the model does by construction: answer = its own top token, wrong = its bottom one.
 
-    Prompts have ragged lengths (3..9 words); corrupted prompts have the same lengths.
+    Prompts have ragged lengths (3..9 words), or all ``words`` words; corrupted prompts have the
+    same lengths.
     """
     import random
 
@@ -71,9 +72,10 @@ def own_task(model, n: int = 12, seed: int = 0, corrupt: bool = True):
     import circuitcheck as cc
 
     rng = random.Random(seed)
-    words = [f"t{i}" for i in range(60)]
-    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(n)]
-    corrupted = [" ".join(rng.choice(words) for _ in p.split()) for p in prompts]
+    vocab = [f"t{i}" for i in range(60)]
+    sizes = [words or rng.randint(3, 9) for _ in range(n)]
+    prompts = [" ".join(rng.choice(vocab) for _ in range(k)) for k in sizes]
+    corrupted = [" ".join(rng.choice(vocab) for _ in p.split()) for p in prompts]
     answers, wrong = [], []
     with torch.inference_mode():
         for p in prompts:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 
 from .conftest import own_task
 
@@ -21,7 +20,6 @@ def test_layer0_circuit(cc_model):
 
 
 def test_scaled_head_drifts_from_baseline(pytester, model_dirs, tiny, arch):
-    import torch
     from safetensors.torch import load_file, save_file
 
     model_dir = pytester.path / "model"

@@ -1,7 +1,6 @@
 """The circuitcheck command."""
 from __future__ import annotations
 
-import json
 
 from circuitcheck.cli import main
 

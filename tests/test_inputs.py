@@ -1,7 +1,6 @@
 """Every bad input gets a clear error naming the problem and the fix."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 

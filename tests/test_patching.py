@@ -1,7 +1,6 @@
 """Patching, path patching, attention ablation and DLA against plain one-run-per-patch loops."""
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
@@ -33,18 +32,7 @@ def task_for():
 
 def _fixed_task(model, n: int = 4, words: int = 5):
     """Like ``own_task`` but every prompt has the same length (for transformer_lens.patching)."""
-    rng = random.Random(1)
-    vocab = [f"t{i}" for i in range(60)]
-    prompts = [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-    corrupted = [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-    answers, wrong = [], []
-    with torch.inference_mode():
-        for p in prompts:
-            logits = model(model.to_tokens(p))[0, -1]
-            answers.append(int(logits.argmax()))
-            wrong.append(int(logits.argmin()))
-    return cc.Task(prompts=prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
-                   name="fixed-length")
+    return own_task(model, n=n, seed=1, words=words)
 
 
 # -- the plain reference: one unpadded forward per (patch, prompt) --------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..circuit import Head, format_head, parse_head
-from ..errors import CircuitCheckError, CircuitError, TaskError
+from ..errors import CircuitCheckError, CircuitError
 from ..interventions import Readout
 from ..interventions.attention import check_mode, run_attention_ablation
 from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Chunk, HookList,

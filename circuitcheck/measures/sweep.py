@@ -7,7 +7,6 @@ readout carries the answer logits, log-probabilities, top-1 and the KL to the fu
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
