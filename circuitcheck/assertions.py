@@ -269,18 +269,24 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
     return mc
 
 
-def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task,
-                 extra: dict[str, Any] | None = None) -> None:
+def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task) -> None:
+    """Record a hypothesis test as a claim: the statistic, its p-value and the decision."""
     __tracebackhide__ = True
     import numpy as np
 
-    m = Measurement(kind=test.name, value=test.statistic, ci=(float("nan"), float("nan")),
-                    per_prompt=np.array([test.statistic]), metric=test.details.get("metric", ""),
+    se = test.details.get("se")
+    z = 1.959963984540054
+    ci = (test.statistic - z * se, test.statistic + z * se) if se else (float("nan"),) * 2
+    m = Measurement(kind=test.name, value=test.statistic, ci=ci, per_prompt=np.array([]),
+                    metric=f"p = {test.p_value:.3g} (alpha {test.alpha:g})",
+                    metric_description=f"H0: {test.null}", ablation=test.details.get("ablation", ""),
                     model=getattr(model, "cc_name", ""), task=task.name,
                     details={"p_value": test.p_value, "alpha": test.alpha, "null": test.null})
     entry = {"claim": claim, "kind": test.name, "verdict": HOLDS if ok else FAILED,
              "op": "p", "threshold": None, "p_value": test.p_value, "alpha": test.alpha,
-             "measurement": m.to_dict(), **(extra or {})}
+             "measurement": m.to_dict()}
+    entry["message"] = (f"{test.summary()}; the claim "
+                        f"{'holds' if ok else 'does not hold'}")
 
     def story() -> str:
         lines = [f"claim {claim!r} FAILED: {test.summary()}"]

@@ -211,6 +211,8 @@ def _condition(record: dict[str, Any]) -> str:
         parts.append(f"{record['op']} {record['threshold']:g}")
     if record.get("top") is not None:
         parts.append(f"top {record['top']}")
+    if record.get("p_value") is not None:
+        parts.append(f"p={record['p_value']:.3g} (alpha {record['alpha']:g})")
     return ", ".join(parts)
 
 
