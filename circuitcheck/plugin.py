@@ -87,6 +87,20 @@ def cc_seed(pytestconfig: pytest.Config) -> int:
     return int(pytestconfig.getoption("--cc-seed"))
 
 
+def worker_device(config: pytest.Config, n_gpus: int | None = None) -> str:
+    """``--cc-device``, except that with ``auto`` under pytest-xdist and several GPUs, worker
+    ``gwN`` is pinned to ``cuda:N % n_gpus`` so workers spread over the devices."""
+    device = config.getoption("--cc-device")
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    if device != "auto" or not worker.startswith("gw"):
+        return device
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+    return f"cuda:{int(worker[2:]) % n_gpus}" if n_gpus > 1 else device
+
+
 def _load(config: pytest.Config, name: str, revision: str | None) -> Any:
     """Load (once per process) or skip with one line when a hub model is not available."""
     from .errors import ModelUnavailableError
@@ -94,7 +108,7 @@ def _load(config: pytest.Config, name: str, revision: str | None) -> Any:
 
     name = config.getoption("--cc-model") or name
     try:
-        return load_model(name, device=config.getoption("--cc-device"),
+        return load_model(name, device=worker_device(config),
                           dtype=config.getoption("--cc-dtype"), revision=revision)
     except ModelUnavailableError as exc:
         pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")

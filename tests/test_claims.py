@@ -136,3 +136,20 @@ def test_plugin_end_to_end(pytester, model_dirs, tiny, monkeypatch):
     assert {c["nodeid"] for c in doc["claims"]} == {"test_claims.py::test_holds",
                                                    "test_claims.py::test_fails"}
     assert "one-head-is-50x" in (pytester.path / "reports" / "index.html").read_text()
+
+
+def test_xdist_workers_are_pinned_to_their_own_gpu():
+    from types import SimpleNamespace
+
+    from circuitcheck.plugin import worker_device
+
+    def config(device, worker=None):
+        c = SimpleNamespace(getoption=lambda name: device)
+        if worker:
+            c.workerinput = {"workerid": worker}
+        return c
+
+    assert worker_device(config("auto", "gw5"), n_gpus=4) == "cuda:1"
+    assert worker_device(config("auto", "gw0"), n_gpus=1) == "auto"
+    assert worker_device(config("cpu", "gw3"), n_gpus=4) == "cpu"
+    assert worker_device(config("auto"), n_gpus=4) == "auto"
