@@ -38,6 +38,7 @@ _LAZY = {
     "HeadScores": "circuitcheck.measures",
     "assert_head_score": "circuitcheck.assertions",
     "assert_important": "circuitcheck.assertions",
+    "assert_selection": "circuitcheck.assertions",
     "assert_equivalent": "circuitcheck.assertions",
     "assert_localized": "circuitcheck.assertions",
     "assert_minimal": "circuitcheck.assertions",

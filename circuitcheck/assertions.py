@@ -368,3 +368,68 @@ def assert_robust(model: Any, task: Task, circuit: Circuit, *, at_least: float |
                "op": ">=" if at_least is not None else "<=", "threshold": threshold,
                "grid": grid.to_dict("records"), "measurement": m.to_dict()}, not bad, story)
     return sw
+
+
+def assert_selection(model: Any, task: Task, *, top: int | None = None,
+                     percentile: float | None = None, retained_at_least: float | None = None,
+                     ablated_at_most: float | None = None, by: str = "importance",
+                     trials: int = 4096, name: str | None = None, **kwargs: Any) -> Any:
+    """Assert the notebook's outlier claim: the heads stochastic ablation selects (the ``top``
+    k by ``by``, or those above ``percentile``) keep at least ``retained_at_least`` of the full
+    model's metric when kept alone, and leave at most ``ablated_at_most`` when ablated.
+
+    Both fractions are relative to the full model (mean metric over the task's prompts);
+    keyword arguments go to ``cc.stochastic_ablation`` (ablation, metric, seed, ...).
+    """
+    __tracebackhide__ = True
+    from .measures import compare_selection, stochastic_ablation
+
+    if (top is None) == (percentile is None):
+        raise ValueError("give exactly one of top= or percentile=")
+    if retained_at_least is None and ablated_at_most is None:
+        raise ValueError("give retained_at_least= and/or ablated_at_most=")
+    mc = stochastic_ablation(model, task, trials=trials, **kwargs)
+    eff = mc._regime(by)
+    heads = eff.ranking()[:top] if top else mc.select(percentile, by=by)
+    abl = {k: kwargs[k] for k in ("ablation", "metric", "reference") if k in kwargs}
+    sel = compare_selection(model, task, heads, **abl)
+    full = sel["full"]
+    retained = sel["retained_only"] / full if full else float("nan")
+    ablated = sel["ablated_only"] / full if full else float("nan")
+    problems = []
+    if retained_at_least is not None and not retained >= retained_at_least:
+        problems.append(f"kept alone they retain {retained:.2f} < {retained_at_least:.2f}")
+    if ablated_at_most is not None and not ablated <= ablated_at_most:
+        problems.append(f"ablated they leave {ablated:.2f} > {ablated_at_most:.2f}")
+    label = ", ".join(format_head(h) for h in heads)
+    how = f"top {top}" if top else f"above the {percentile:g}th percentile"
+    claim = name or f"the {how} {by} heads carry the task"
+    import numpy as np
+
+    m = Measurement(kind="selection retained", value=retained, ci=(float("nan"),) * 2,
+                    per_prompt=np.array([]), metric=mc.metric, ablation=mc.ablation,
+                    baselines={"full": full, "retained_only": sel["retained_only"],
+                               "ablated_only": sel["ablated_only"]},
+                    seed=mc.seed, model=getattr(model, "cc_name", ""), task=task.name,
+                    details={"heatmaps": {f"{by} effect": {
+                        "data": eff.effect.tolist(), "label": f"{by}: {mc.metric} gained by keeping",
+                        "outline": [list(h) for h in heads]}},
+                        "bars": {"selected heads": {
+                            "labels": ["full model", "only selected kept", "selected ablated"],
+                            "values": [full, sel["retained_only"], sel["ablated_only"]]}}})
+    ok = not problems
+    entry = {"claim": claim, "kind": "selection", "verdict": HOLDS if ok else FAILED,
+             "op": ">=", "threshold": retained_at_least, "heads": [list(h) for h in heads],
+             "measurement": m.to_dict(),
+             "message": f"selected {label} ({how} by {by}): retained {retained:.2f}, "
+                        f"ablated {ablated:.2f} of the full model"}
+
+    def story() -> str:
+        return (f"claim {claim!r} FAILED: " + "; ".join(problems) + "\n"
+                f"  selected   {label} ({how} by {by}, {len(mc.raw[by]['metric'])} trials, "
+                f"{mc.ablation}, seed {mc.seed})\n"
+                f"  metric     full {full:.3f}   only selected kept {sel['retained_only']:.3f}   "
+                f"selected ablated {sel['ablated_only']:.3f}")
+
+    _conclude(entry, ok, story)
+    return mc

@@ -15,6 +15,7 @@ A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims`
           necessity: {at_most: 0.2, ablation: mean, metric: top1, normalize: ablated}
           head_scores: {induction: {heads: ["1.2"], top: 1, at_least: 0.5}}
           important: {heads: ["0.1", "1.2"], trials: 4096}
+          selection: {top: 2, retained_at_least: 0.9, ablated_at_most: 0.1}
           equivalence: {epsilon: 0.1, alpha: 0.05}
           localization: {alpha: 0.05, n_random: 100}
           robust: {at_least: 0.8, ablation: [zero, mean], metric: [top1, prob]}
@@ -52,6 +53,8 @@ EXPECT_KEYS = {
     "minimality": ("n_random",) + TEST_KEYS,
     "robust": ("at_least", "at_most", "require", "ablation", "metric", "positions",
                "normalize", "reference", "confidence"),
+    "selection": ("top", "percentile", "retained_at_least", "ablated_at_most", "by", "trials",
+                  "keep_prob", "exclusion_keep_prob", "ablation", "metric", "reference"),
     "patching": ("heads", "at_least", "component", "metric", "confidence",
                  "allow_inconclusive"),
     "direct_effect": ("heads", "at_least", "confidence", "allow_inconclusive"),
@@ -183,7 +186,8 @@ def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
         if need is not None and need not in spec:
             raise ClaimFileError(f"{_where(path, spec)}: {kind} needs {need!r} "
                                  f"(e.g. {kind}: {{{need}: 0.8}})")
-        for key in ("at_least", "at_most", "epsilon", "alpha", "over_random_by"):
+        for key in ("at_least", "at_most", "epsilon", "alpha", "over_random_by",
+                    "retained_at_least", "ablated_at_most"):
             if key in spec and (not isinstance(spec[key], (int, float))
                                 or isinstance(spec[key], bool)):
                 raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.{key} must be a number, "
@@ -297,6 +301,8 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
         try:
             if kind in on_circuit:
                 on_circuit[kind](model, task, claim.circuit, name=claim.name, **spec)
+            elif kind == "selection":
+                a.assert_selection(model, task, name=claim.name, **spec)
             elif kind in on_heads:
                 spec = dict(spec)
                 on_heads[kind](model, task, spec.pop("heads"), name=claim.name, **spec)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ZOO_PREFIX = "zoo:"
 _CACHE: dict[tuple[str, str, str, str | None], Any] = {}
+#: Hub models found unavailable in this process: asked again, they fail at once.
+_UNAVAILABLE: dict[tuple[str, str | None], str] = {}
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -124,7 +126,13 @@ def load_model(
     """
     dt = resolve_dtype(dtype)
     dev = resolve_device(device)
-    source = resolve_source(name_or_dir)
+    if (str(name_or_dir), revision) in _UNAVAILABLE:
+        raise ModelUnavailableError(_UNAVAILABLE[(str(name_or_dir), revision)])
+    try:
+        source = resolve_source(name_or_dir)
+    except ModelUnavailableError as exc:
+        _UNAVAILABLE[(str(name_or_dir), revision)] = str(exc)
+        raise
     key = (source, dev, str(dt), revision)
     if key in _CACHE:
         return _CACHE[key]
@@ -142,9 +150,9 @@ def load_model(
                 raise ModelNotFoundError(
                     f"model directory {source!r} could not be loaded: {exc}"
                 ) from None
-            raise ModelUnavailableError(
-                _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
-            ) from None
+            message = _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
+            _UNAVAILABLE[(str(name_or_dir), revision)] = message
+            raise ModelUnavailableError(message) from None
 
     bridge = boot()
     bridge.eval()
@@ -186,3 +194,4 @@ def _tolerance(dtype: "torch.dtype") -> float:
 def clear_cache() -> None:
     """Forget every loaded model (frees memory; the next ``load_model`` loads again)."""
     _CACHE.clear()
+    _UNAVAILABLE.clear()

@@ -125,3 +125,28 @@ def test_xdist_gives_the_same_verdicts_and_one_merged_report(pytester, model_dir
                       for c in doc["claims"])
     assert len(docs["2"]["claims"]) == 4
     assert verdicts(docs["0"]) == verdicts(docs["2"])
+
+
+def test_literature_claims_validate_and_skip_without_weights(pytester, monkeypatch):
+    """The shipped literature claims parse; without the real weights each is skipped with one
+    line naming the model and how to provide it."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "circuits"
+    files = sorted(p for p in shipped.glob("*.yaml") if not p.name.startswith("zoo_"))
+    assert {p.name for p in files} >= {"ioi_gpt2.yaml", "induction_gpt2.yaml",
+                                       "greater_than_gpt2.yaml", "copying_pythia160m.yaml"}
+    for p in files:
+        parsed = read_claim_file(p)
+        assert parsed.claims and not parsed.errors, p
+        assert "source" in p.read_text()
+    (pytester.path / "circuits").mkdir()
+    for p in files:
+        (pytester.path / "circuits" / p.name).write_text(p.read_text())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(pytester.path / "empty"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-rs")
+    n = sum(len(read_claim_file(p).claims) for p in files)
+    result.assert_outcomes(skipped=n)
+    result.stdout.fnmatch_lines(["*model 'EleutherAI/pythia-160m' is not available here*",
+                                 "*[7]*model 'gpt2' is not available here: pass a local directory*"])
