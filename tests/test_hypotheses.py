@@ -80,3 +80,22 @@ def test_localization_and_minimality_statistics(tiny):
     assert len(mini.details["reference_gains"]) == 8 - 2
     with pytest.raises(TypeError, match="no truth value"):
         bool(mini)
+
+
+def test_robust_claim_and_its_verdict_grid_in_the_report(tiny, tmp_path):
+    from circuitcheck import _claims
+    from circuitcheck.report import write_report
+
+    task = own_task(tiny, n=8)
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    everything = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]})
+    _claims.take()
+    sw = cc.assert_robust(tiny, task, everything, at_least=0.99, ablation=["zero", "mean"],
+                          metric=["prob", "top1"], name="all-heads-robust")
+    assert set(sw.grid().verdict) == {"held"}
+    with pytest.raises(AssertionError, match=r"holds under \d+ of 8 required combinations"):
+        cc.assert_robust(tiny, task, cc.Circuit({"one": ["0.0"]}), at_least=0.99,
+                         ablation=["zero", "mean"], metric=["prob", "top1"])
+    records = _claims.take()
+    html = write_report(tmp_path, records)["html"].read_text()
+    assert html.count("robustness sweep") == 2 and "mean" in html

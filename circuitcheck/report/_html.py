@@ -227,6 +227,20 @@ def _figures(r: dict[str, Any]) -> str:
     return "".join(f"<figure>{f}</figure>" for f in figs)
 
 
+def _grid(rows: list[dict[str, Any]]) -> str:
+    """A robustness sweep's verdict grid: one row per ablation × metric × positions."""
+    body = "".join(
+        f"<tr class='{_e(g.get('verdict', ''))}'><td>{_e(g.get('ablation'))}</td>"
+        f"<td>{_e(g.get('metric'))}</td><td>{_e(g.get('positions'))}</td>"
+        f"<td>{fmt(g.get('value'), '.3f')}</td>"
+        f"<td>[{fmt(g.get('ci_low'), '.3f')}, {fmt(g.get('ci_high'), '.3f')}]</td>"
+        f"<td><span class='badge {_e(g.get('verdict', ''))}'>{_e(g.get('verdict', ''))}</span></td></tr>"
+        for g in rows)
+    return ("<table class='grid'><caption>robustness sweep</caption><thead><tr><th>ablation</th>"
+            "<th>metric</th><th>positions</th><th>value</th><th>CI</th><th>verdict</th></tr>"
+            f"</thead><tbody>{body}</tbody></table>")
+
+
 def _section(k: int, claims: list[dict[str, Any]], idx: list[int]) -> str:
     first = claims[idx[0]]
     verdicts = [claims[i]["verdict"] for i in idx]
@@ -248,6 +262,8 @@ def _section(k: int, claims: list[dict[str, Any]], idx: list[int]) -> str:
         if problem and str(problem) not in story(r):
             out.append(f"<p class='story problem'>problem: {_e(problem)}</p>")
         out.append(_details(r))
+        if r.get("grid"):
+            out.append(_grid(r["grid"]))
         out.append(f"<div class='figs'>{_figures(r)}</div></div>")
     out.append("</div></section>")
     return "".join(out)
