@@ -25,15 +25,17 @@ SEEDS = {"planted": 0, "induction-2l": 0}
 EVAL = {"n": 200, "seed": 1234, "seg_len": 20, "distinct": True}
 """Eval sequences: ``repeated_tokens_batch(model_dir, n, seed, seg_len)`` -> ``[BOS] r1..r20 r1..r20``."""
 N_THREADS = 2
+THREADS = {"planted": N_THREADS, "induction-2l": 1}
+"""torch threads per build (induction-2l trains on one thread)."""
 
 
-def _setup_torch(seed: int) -> None:
+def _setup_torch(seed: int, threads: int = N_THREADS) -> None:
     """Seed and pin torch for reproducible CPU builds."""
     import torch
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(N_THREADS)
+    torch.set_num_threads(threads)
 
 
 def _versions() -> dict[str, str]:
@@ -51,11 +53,31 @@ def _save_hf(model: Any, out_dir: Path) -> None:
     for stale in ("card.json", "README.md"):
         (out_dir / stale).unlink(missing_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    make_tokenizer(N_WORDS, model.config.n_positions).save_pretrained(str(out_dir))
+    make_tokenizer(N_WORDS, _n_ctx(model.config)).save_pretrained(str(out_dir))
+
+
+def _n_ctx(c: Any) -> int:
+    return c.n_positions if hasattr(c, "n_positions") else c.max_position_embeddings
 
 
 def _architecture(model: Any) -> dict[str, Any]:
     c = model.config
+    if c.model_type == "llama":
+        return {
+            "class": "LlamaForCausalLM",
+            "n_layers": c.num_hidden_layers,
+            "n_heads": c.num_attention_heads,
+            "d_model": c.hidden_size,
+            "d_head": c.head_dim,
+            "n_ctx": c.max_position_embeddings,
+            "vocab_size": c.vocab_size,
+            "d_mlp": c.intermediate_size,
+            "mlp": "present but zeroed (down_proj = 0) and frozen: attention-only",
+            "positions": f"rotary (RoPE, theta={c.rope_parameters['rope_theta'] if getattr(c, 'rope_parameters', None) else c.rope_theta}), no learned position embeddings",
+            "norm": "RMSNorm, all weights frozen at 1",
+            "tied_embeddings": bool(c.tie_word_embeddings),
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        }
     return {
         "class": "GPT2LMHeadModel",
         "n_layers": c.n_layer,
@@ -101,6 +123,8 @@ def _verify(out_dir: Path, circuit: dict[str, list[tuple[int, int]]]) -> dict[st
 
     print("  verifying through TransformerBridge ...", flush=True)
     result = verify_induction(out_dir, circuit, EVAL)
+    if result["bridge_processing"] == "folded":
+        del result["bridge_processing"]  # the default; keeps the planted card unchanged
     result["checks"] = check_induction(result, circuit)
     return result
 
@@ -167,7 +191,7 @@ def _build_induction(out_dir: Path, seed: int) -> dict[str, Any]:
     (pl, ph), (il, ih) = circuit["previous token"][0], circuit["induction"][0]
     return {
         "description": (
-            "2-layer x 4-head attention-only GPT-2 trained on repeated random word tokens with random "
+            "2-layer x 4-head attention-only Llama (RoPE) trained on repeated random word tokens with random "
             "segment and gap lengths (loss on the second copy). Heads identified after training by attention "
             f"scores: previous-token head L{pl}H{ph}, induction head L{il}H{ih}; see `checks` for whether "
             "they form a standard induction circuit."
@@ -179,10 +203,12 @@ def _build_induction(out_dir: Path, seed: int) -> dict[str, Any]:
             **induction.TRAIN,
             "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0, linear warmup + cosine decay to 10%",
             "data": "packed repeat units [<bos>] (f1 seg f2 seg)+ tail with random seg length U[min_seg_len, max_seg_len] "
-            "and gaps U[0, max_gap], distinct tokens per sequence, loss on r2..rL of each second copy; "
-            "plus skip_bigram_frac of skip-bigram chains x[i+1] = perm[x[i-1]]; random per-batch position-id offset",
+            "and gaps U[0, max_gap], distinct tokens per sequence, loss on r2..rL of each second copy",
+            "regulariser": "head_penalty * sum over heads of (||W_O^h||_F + 1e-4) ** head_penalty_power "
+            "(concave group penalty: concentrates each role on one head)",
             "train_seconds_on_build_machine": train_s,
         },
+        "head_output_norms": induction.head_output_norms(model),
         **_verify(out_dir, circuit),
     }
 
@@ -205,6 +231,21 @@ def _table(rows: list[list[float]]) -> str:
     return "\n".join(lines)
 
 
+def _arch_line(arch: dict[str, Any]) -> str:
+    if arch["class"] == "LlamaForCausalLM":
+        return (
+            f"Architecture: Llama (`LlamaForCausalLM`), {arch['n_layers']} layers x {arch['n_heads']} heads, "
+            f"d_model={arch['d_model']}, d_head={arch['d_head']}, n_ctx={arch['n_ctx']}, vocab={arch['vocab_size']}, "
+            f"rotary positions (RoPE), RMSNorm weights fixed at 1, MLPs zeroed (attention-only), "
+            f"{'tied' if arch['tied_embeddings'] else 'untied'} embeddings, {arch['n_parameters']} parameters.\n"
+        )
+    return (
+        f"Architecture: GPT-2, {arch['n_layers']} layers x {arch['n_heads']} heads, d_model={arch['d_model']}, "
+        f"d_head={arch['d_head']}, n_ctx={arch['n_ctx']}, vocab={arch['vocab_size']}, MLPs zeroed "
+        f"(attention-only), untied embeddings, {arch['n_parameters']} parameters.\n"
+    )
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """Markdown model card from ``card.json`` contents."""
     arch, acc = card["architecture"], card["copying_accuracy"]
@@ -214,9 +255,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "## Circuit (ground truth)\n",
         *[f"- **{role}**: {_fmt_heads(heads)}" for role, heads in card["circuit"].items()],
         "",
-        f"Architecture: GPT-2, {arch['n_layers']} layers x {arch['n_heads']} heads, d_model={arch['d_model']}, "
-        f"d_head={arch['d_head']}, n_ctx={arch['n_ctx']}, vocab={arch['vocab_size']}, MLPs zeroed "
-        f"(attention-only), untied embeddings, {arch['n_parameters']} parameters.\n",
+        _arch_line(arch),
         "Vocabulary: `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3, words `t0`..`t59` = ids 4..63. "
         "Prompts are space-separated words (`\"t5 t17 t5\"`); the tokenizer does not add `<bos>` "
         "(TransformerLens prepends it).\n",
@@ -259,11 +298,11 @@ def build(name: str, out: str | Path | None = None) -> Path:
     seed = SEEDS[name]
     print(f"[zoo] building {name!r} -> {out_dir}", flush=True)
     t0 = time.time()
-    _setup_torch(seed)
+    _setup_torch(seed, THREADS[name])
     card = {"name": name, **BUILDERS[name](out_dir, seed)}
     card["vocab"] = _vocab_info()
     card["eval"] = _eval_info()
-    card["build"] = {"seed": seed, "command": f"python -m circuitcheck.zoo build {name}", "threads": N_THREADS, "versions": _versions()}
+    card["build"] = {"seed": seed, "command": f"python -m circuitcheck.zoo build {name}", "threads": THREADS[name], "versions": _versions()}
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out_dir / "README.md").write_text(render_readme(card), encoding="utf-8")
     acc = card["copying_accuracy"]

@@ -1,31 +1,25 @@
-"""``induction-2l``: a 2-layer x 4-head attention-only GPT-2 trained to copy repeated tokens.
+"""``induction-2l``: a 2-layer x 4-head attention-only Llama trained to copy repeated tokens.
+
+Architecture: ``LlamaForCausalLM`` (RoPE relative positions, RMSNorm), d_model 64,
+4 heads of d_head 16 per layer. The MLPs exist (``intermediate_size=4``) but
+``down_proj`` is zeroed and every MLP weight is frozen, so the model is
+attention-only; all RMSNorm weights are frozen at 1.
 
 Training data: packed repeat units ``f1 seg f2 seg`` with random segment and gap
 lengths (:func:`~circuitcheck.zoo.data.induction_training_batch`, loss on the
-second copies), random per-batch position-id offsets, and a minority of
-skip-bigram chains (:func:`~circuitcheck.zoo.data.skip_bigram_batch`).
+second copies).
 
-Pitfalls measured while building it (2 CPU cores, 3000 steps):
+Why Llama: with GPT-2's learned absolute positions a previous engineer found
+(3000 steps, many data variants) only position-based "relay" solutions, never a
+standard previous-token -> induction circuit. With RoPE a previous-token head is
+a relative pattern and absolute-position shortcuts are unavailable: the standard
+circuit forms within ~300 steps.
 
-* fixed-length repeats -> layer-0 heads attend a fixed distance back (no induction);
-* variable lengths/gaps alone -> a "relay" solution: layer-0 heads attend a
-  position-dependent point (~p/2) or a smeared window 2-7 tokens back, and layer-1
-  heads attend 2-4 tokens after the earlier occurrence; copying is ~100% but
-  previous-token and induction scores are ~0;
-* adding random position offsets removes the absolute-position relay but not the window;
-* adding skip-bigram chains (``x[i+1] = perm[x[i-1]]``, the analogue of bigram
-  statistics in natural text) yields a sharp previous-token head (score ~1.0), but
-  layer-1 heads still attend 2 tokens after the earlier occurrence (a "+2 relay":
-  K from a layer-0 look-back-2/3 head, V from the previous-token head), so the
-  standard induction score stays ~0.03 and the card's checks FAIL;
-* also tried without success: sinusoid-initialised or frozen-sinusoid wpe, tied
-  embeddings, higher lr / longer runs, and a two-stage curriculum (skip-bigram
-  first, then layer 0 frozen) in which layer 1 did not learn within 3000 steps.
-
-The build therefore records whatever heads it finds and whether the checks
-pass; the current recipe does NOT yet give a standard induction circuit.
-
-MLPs exist (GPT-2 architecture) but are zeroed and frozen; ln_f is frozen at identity.
+Head sparsity: trained plainly, the model is redundant (two previous-token heads
+and four induction heads), so no single pair of heads is necessary. A concave
+group penalty ``head_penalty * sum_h (||W_O^h||_F + 1e-4) ** head_penalty_power``
+(power 0.5) on every head's output matrix concentrates each role on one head and
+shrinks the others' outputs towards zero.
 """
 
 from __future__ import annotations
@@ -38,9 +32,11 @@ from typing import Any
 TRAIN: dict[str, Any] = {
     "d_model": 64,
     "n_head": 4,
+    "d_head": 16,
     "n_layer": 2,
     "n_ctx": 64,
-    "steps": 3000,
+    "rope_theta": 10000.0,
+    "steps": 1500,
     "batch": 64,
     "lr": 2e-3,
     "weight_decay": 0.01,
@@ -48,68 +44,65 @@ TRAIN: dict[str, Any] = {
     "min_seg_len": 3,
     "max_seg_len": 25,
     "max_gap": 6,
-    "pos_init": "gpt2",  # "gpt2" = N(0, 0.02); "sinusoid" = Vaswani table x pos_init_scale
-    "pos_init_scale": 0.1,
-    "freeze_wpe": False,
-    "max_pos_offset": 24,  # per-batch random shift of position ids (kills absolute-position shortcuts)
-    "skip_bigram_frac": 0.25,  # share of each batch that is skip-bigram chains (rewards an exact i-1 head)
-    "tied_embeddings": False,
+    "head_penalty": 0.01,
+    "head_penalty_power": 0.5,
+    "threads": 1,
 }
 
 
 def make_model(seed: int) -> Any:
-    """Fresh GPT-2 with zeroed, frozen MLPs (n_inner=4) and ln_f frozen at identity."""
+    """Fresh 2-layer Llama with zeroed, frozen MLPs (intermediate_size=4)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from .data import N_WORDS, build_vocab
 
     vocab = build_vocab(N_WORDS)
-    cfg = GPT2Config(
-        vocab_size=len(vocab), n_positions=TRAIN["n_ctx"], n_embd=TRAIN["d_model"],
-        n_layer=TRAIN["n_layer"], n_head=TRAIN["n_head"], n_inner=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=TRAIN["tied_embeddings"],
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=TRAIN["d_model"], intermediate_size=4,
+        num_hidden_layers=TRAIN["n_layer"], num_attention_heads=TRAIN["n_head"], num_key_value_heads=TRAIN["n_head"],
+        head_dim=TRAIN["d_head"], max_position_embeddings=TRAIN["n_ctx"], rope_theta=TRAIN["rope_theta"],
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, rms_norm_eps=1e-6,
         bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
     )
+    cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(cfg)
+    model = LlamaForCausalLM(cfg)
     with torch.no_grad():
-        for block in model.transformer.h:
-            for p in block.mlp.parameters():
-                p.zero_()
-        if TRAIN["pos_init"] == "sinusoid":
-            model.transformer.wpe.weight.copy_(TRAIN["pos_init_scale"] * sinusoid_table(TRAIN["n_ctx"], TRAIN["d_model"]))
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.zero_()
     return model
 
 
-def sinusoid_table(n_ctx: int, d_model: int) -> Any:
-    """Vaswani et al. sinusoidal position table (n_ctx x d_model), optionally used to initialise wpe."""
-    import torch
-
-    pos = torch.arange(n_ctx, dtype=torch.float32)[:, None]
-    inv = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    table = torch.zeros(n_ctx, d_model)
-    table[:, 0::2] = torch.sin(pos * inv)
-    table[:, 1::2] = torch.cos(pos * inv)
-    return table
-
-
 def _trainable(model: Any) -> list[Any]:
-    """Everything except the zeroed MLPs, ln_f and (if ``freeze_wpe``) wpe.
+    """Embeddings, attention and unembedding; MLPs and RMSNorm weights (all 1) frozen.
 
-    ln_f stays the identity because TransformerBridge's ``fold_ln`` (compatibility
-    mode, transformer-lens 4.3) mis-folds a non-trivial ln_f.
+    Norm weights stay 1 so TransformerBridge's ``fold_ln`` has nothing to fold.
     """
-    t = model.transformer
-    groups = [t.wte, model.lm_head] + [m for b in t.h for m in (b.ln_1, b.attn)]
-    if not TRAIN["freeze_wpe"]:
-        groups.append(t.wpe)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for g in groups for p in g.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = []
+    for name, p in model.named_parameters():
+        train = "mlp" not in name and "norm" not in name
+        p.requires_grad_(train)
+        if train:
+            params.append(p)
     return params
+
+
+def head_output_norms(model: Any) -> list[list[float]]:
+    """Frobenius norm of each head's slice of ``o_proj`` (n_layers x n_heads)."""
+    d, h, dh = TRAIN["d_model"], TRAIN["n_head"], TRAIN["d_head"]
+    return [
+        [round(float(v), 4) for v in layer.self_attn.o_proj.weight.detach().view(d, h, dh).norm(dim=(0, 2))]
+        for layer in model.model.layers
+    ]
+
+
+def _head_penalty(model: Any) -> Any:
+    d, h, dh = TRAIN["d_model"], TRAIN["n_head"], TRAIN["d_head"]
+    return sum(
+        layer.self_attn.o_proj.weight.view(d, h, dh).norm(dim=(0, 2)).add(1e-4).pow(TRAIN["head_penalty_power"]).sum()
+        for layer in model.model.layers
+    )
 
 
 def _lr(step: int) -> float:
@@ -120,52 +113,39 @@ def _lr(step: int) -> float:
     return TRAIN["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _batch(words: list[int], perm: dict[int, int], rng: random.Random, bos: int) -> tuple[Any, Any, Any]:
-    """Token ids, loss mask and position ids of one training batch."""
-    import torch
-
-    from .data import induction_training_batch, skip_bigram_batch
-
-    offset = rng.randint(0, TRAIN["max_pos_offset"])
-    n_ctx, n_skip = TRAIN["n_ctx"] - offset, round(TRAIN["skip_bigram_frac"] * TRAIN["batch"])
-    seqs, masks = induction_training_batch(
-        words, TRAIN["batch"] - n_skip, n_ctx, rng, bos, TRAIN["min_seg_len"], TRAIN["max_seg_len"], TRAIN["max_gap"]
-    )
-    if n_skip:
-        s2, m2 = skip_bigram_batch(perm, n_skip, n_ctx, rng, bos)
-        seqs, masks = seqs + s2, masks + m2
-    x = torch.tensor(seqs)
-    return x, torch.tensor(masks, dtype=torch.float32), torch.arange(offset, offset + n_ctx).expand_as(x)
-
-
 def train(seed: int, log_every: int = 250) -> Any:
     """Train the model (deterministic on CPU given ``seed``); returns it in eval mode."""
     import torch
 
-    from .data import BOS, N_WORDS, build_vocab, word_token_ids
+    from .data import BOS, N_WORDS, build_vocab, induction_training_batch, word_token_ids
 
+    torch.set_num_threads(TRAIN["threads"])
     vocab = build_vocab(N_WORDS)
     words = word_token_ids(vocab)
     model = make_model(seed)
     rng = random.Random(seed)
-    shuffled = rng.sample(words, len(words))
-    perm = {a: b for a, b in zip(shuffled, shuffled[1:] + shuffled[:1])}  # one cycle: no fixed points
     params = _trainable(model)
     opt = torch.optim.AdamW(params, lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"], betas=(0.9, 0.98))
     model.train()
     t0, running = time.time(), None
     for step in range(TRAIN["steps"]):
-        x, m, pos_ids = _batch(words, perm, rng, vocab[BOS])
-        logits = model(x, position_ids=pos_ids).logits[:, :-1]
+        seqs, masks = induction_training_batch(
+            words, TRAIN["batch"], TRAIN["n_ctx"], rng, vocab[BOS],
+            TRAIN["min_seg_len"], TRAIN["max_seg_len"], TRAIN["max_gap"],
+        )
+        x, m = torch.tensor(seqs), torch.tensor(masks, dtype=torch.float32)
+        logits = model(x).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-        loss = (nll * m[:, :-1].reshape(-1)).sum() / m.sum()
+        mask = m[:, :-1].reshape(-1)
+        task = (nll * mask).sum() / mask.sum()
+        loss = task + TRAIN["head_penalty"] * _head_penalty(model)
         for g in opt.param_groups:
             g["lr"] = _lr(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        running = task.item() if running is None else 0.95 * running + 0.05 * task.item()
         if (step + 1) % log_every == 0 or step == 0:
-            print(f"  step {step + 1:5d}/{TRAIN['steps']}  loss {running:.3f}  ({time.time() - t0:.0f}s)", flush=True)
+            print(f"  step {step + 1:5d}/{TRAIN['steps']}  task loss {running:.3f}  ({time.time() - t0:.0f}s)", flush=True)
     return model.eval()

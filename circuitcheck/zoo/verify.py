@@ -15,16 +15,40 @@ MIN_SCORE = 0.3  # a circuit head's own attention score must reach this (besides
 
 
 def load_bridge(path: str | Path) -> Any:
-    """Boot a saved HF model dir as a TransformerLens bridge in compatibility mode."""
+    """Boot a saved HF model dir as a TransformerLens bridge in compatibility mode.
+
+    Falls back to ``enable_compatibility_mode(no_processing=True)`` when weight processing
+    changes the model's log-probabilities by more than 1e-3 (``bridge.cc_processing`` says which).
+    """
     import logging
 
     from transformer_lens.model_bridge import TransformerBridge
 
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
-    bridge.enable_compatibility_mode()
     bridge.eval()
+    raw = _probe(bridge)
+    bridge.enable_compatibility_mode()
+    bridge.cc_processing = "folded"
+    if float((_probe(bridge) - raw).abs().max()) > 1e-3:
+        # TransformerLens 4.3's weight processing changes some checkpoints' predictions (seen on
+        # the Llama-based induction-2l): measure the unprocessed model instead, as
+        # circuitcheck.load_model does.
+        bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
+        bridge.eval()
+        bridge.enable_compatibility_mode(no_processing=True)
+        bridge.cc_processing = "unprocessed"
     return bridge
+
+
+def _probe(bridge: Any) -> Any:
+    """Log-probabilities on a short fixed sequence (same probe as circuitcheck.load_model)."""
+    import torch
+
+    vocab = bridge.cfg.d_vocab
+    ids = torch.tensor([[int(i * 7919) % vocab for i in range(1, 9)]])
+    with torch.no_grad():
+        return bridge(ids).float().log_softmax(-1)
 
 
 def head_scores(bridge: Any, tokens: Any, seg_len: int) -> dict[str, list[list[float]]]:
@@ -94,11 +118,11 @@ def copying_accuracy(bridge: Any, tokens: Any, seg_len: int, ablate: Iterable[He
 
 
 def bridge_hf_max_logprob_diff(bridge: Any, path: str | Path, tokens: Any) -> float:
-    """Max |log-softmax difference| between the bridge and plain HF ``GPT2LMHeadModel`` (should be ~1e-5)."""
+    """Max |log-softmax difference| between the bridge and the plain HF model (``AutoModelForCausalLM``; should be ~1e-5)."""
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    hf = GPT2LMHeadModel.from_pretrained(str(path)).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
     with torch.no_grad():
         a, b = bridge(tokens).log_softmax(-1), hf(tokens).logits.log_softmax(-1)
     return float((a - b).abs().max())
@@ -141,6 +165,7 @@ def verify_induction(path: str | Path, circuit: dict[str, list[Head]], eval_cfg:
     scores = head_scores(bridge, tokens, seg_len)
     diff = bridge_hf_max_logprob_diff(bridge, path, tokens)
     return {
+        "bridge_processing": bridge.cc_processing,
         "scores": scores,
         "copying_accuracy": acc,
         "single_head_zero_ablation_accuracy": single,
