@@ -19,7 +19,7 @@ from typing import Any
 ZOO_DIR: Path = Path(__file__).resolve().parent / "models"
 """Directory holding one sub-directory per built model."""
 
-KNOWN_MODELS: tuple[str, ...] = ("planted", "induction-2l")
+KNOWN_MODELS: tuple[str, ...] = ("planted", "induction-2l", "ioi-toy")
 """Models that ``python -m circuitcheck.zoo build`` knows how to build."""
 
 __all__ = ["ZOO_DIR", "KNOWN_MODELS", "available", "model_path", "card"]
