@@ -100,13 +100,21 @@ def test_zoo_loads_offline_from_the_package_alone(tmp_path):
     assert not (tmp_path / "empty-hf-home").exists() or not any((tmp_path / "empty-hf-home").rglob("*.safetensors"))
 
 
+def _without_timings(value):
+    """A card with every wall-clock entry (keys naming seconds) left out, recursively."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", COPYING)
+@pytest.mark.parametrize("name", BUILT)
 def test_rebuilding_reproduces_the_card(name, tmp_path):
     out = subprocess.run([sys.executable, "-m", "circuitcheck.zoo", "build", name, "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
-    shipped = zoo.card(name)
-    rebuilt = json.loads((tmp_path / name / "card.json").read_text())
-    for key in ("circuit", "scores", "copying_accuracy"):
-        assert rebuilt[key] == shipped[key], key
+    shipped = _without_timings(zoo.card(name))
+    rebuilt = _without_timings(json.loads((tmp_path / name / "card.json").read_text()))
+    assert rebuilt == shipped
