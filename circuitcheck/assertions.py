@@ -12,10 +12,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from . import _claims
-from .circuit import Circuit, format_head
-from .circuit import parse_head
-from .measures import Measurement, faithfulness, head_drops, head_scores, necessity
+from .circuit import Circuit, format_head, parse_head
+from .errors import CircuitError
+from .measures import (Measurement, compare_selection, equivalence, faithfulness, head_drops,
+                       head_scores, localization, minimality_test, necessity,
+                       stochastic_ablation, sweep)
 from .tasks import Task
 
 HOLDS, FAILED, INCONCLUSIVE, UNMEASURABLE = "held", "failed", "inconclusive", "unmeasurable"
@@ -155,7 +159,6 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
     L, H = scores.scores.shape
     for layer, h in claimed:
         if not (0 <= layer < L and 0 <= h < H):
-            from .errors import CircuitError
             raise CircuitError(f"head {layer}.{h} is out of range: the model has {L} layers and "
                                f"{H} heads per layer")
     weakest = min(claimed, key=lambda hd: scores.ci_low[hd])
@@ -211,7 +214,6 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
     arguments go to ``cc.stochastic_ablation``; the result is returned.
     """
     __tracebackhide__ = True
-    from .measures import compare_selection, stochastic_ablation
 
     claimed = [parse_head(h) for h in ([heads] if isinstance(heads, str) else heads)]
     if not claimed:
@@ -272,7 +274,6 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
 def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task) -> None:
     """Record a hypothesis test as a claim: the statistic, its p-value and the decision."""
     __tracebackhide__ = True
-    import numpy as np
 
     se = test.details.get("se")
     z = 1.959963984540054
@@ -302,7 +303,6 @@ def assert_equivalent(model: Any, task: Task, circuit: Circuit, *, epsilon: floa
                       alpha: float = 0.05, name: str | None = None, **kwargs: Any) -> Any:
     """Assert the circuit survives the equivalence test (H0 |Δ| <= ε is not rejected)."""
     __tracebackhide__ = True
-    from .measures import equivalence
 
     test = equivalence(model, task, circuit, epsilon=epsilon, alpha=alpha, **kwargs)
     _test_record(name or f"{circuit.name} is equivalent", test, not test.rejected, model, task)
@@ -313,7 +313,6 @@ def assert_localized(model: Any, task: Task, circuit: Circuit, *, alpha: float =
                      n_random: int = 100, name: str | None = None, **kwargs: Any) -> Any:
     """Assert removing the circuit hurts more than removing random head sets (p < alpha)."""
     __tracebackhide__ = True
-    from .measures import localization
 
     test = localization(model, task, circuit, alpha=alpha, n_random=n_random, **kwargs)
     _test_record(name or f"{circuit.name} is localized", test, test.rejected, model, task)
@@ -324,7 +323,6 @@ def assert_minimal(model: Any, task: Task, circuit: Circuit, *, alpha: float = 0
                    name: str | None = None, **kwargs: Any) -> Any:
     """Assert every head matters more than random outside heads (Holm-corrected p < alpha)."""
     __tracebackhide__ = True
-    from .measures import minimality_test
 
     test = minimality_test(model, task, circuit, alpha=alpha, **kwargs)
     _test_record(name or f"{circuit.name} is minimal", test, test.rejected, model, task)
@@ -337,7 +335,6 @@ def assert_robust(model: Any, task: Task, circuit: Circuit, *, at_least: float |
     """Assert a faithfulness (``at_least``) or necessity (``at_most``) claim holds under every
     required combination of a ``cc.sweep`` (ablation × metric × positions)."""
     __tracebackhide__ = True
-    from .measures import sweep
 
     if (at_least is None) == (at_most is None):
         raise ValueError("give exactly one of at_least= (faithfulness) or at_most= (necessity)")
@@ -382,7 +379,6 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     keyword arguments go to ``cc.stochastic_ablation`` (ablation, metric, seed, ...).
     """
     __tracebackhide__ = True
-    from .measures import compare_selection, stochastic_ablation
 
     if (top is None) == (percentile is None):
         raise ValueError("give exactly one of top= or percentile=")
@@ -404,7 +400,6 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     label = ", ".join(format_head(h) for h in heads)
     how = f"top {top}" if top else f"above the {percentile:g}th percentile"
     claim = name or f"the {how} {by} heads carry the task"
-    import numpy as np
 
     m = Measurement(kind="selection retained", value=retained, ci=(float("nan"),) * 2,
                     per_prompt=np.array([]), metric=mc.metric, ablation=mc.ablation,

@@ -324,7 +324,8 @@ def _readme(card: dict[str, Any]) -> str:
               "", "Vocabulary: `<pad>` `<bos>` `<eos>` `<unk>`, the words of the IOI templates, the names, places "
                   "and objects of `circuitcheck.tasks._ioi`, and `.` `,`. The tokenizer splits on whitespace and "
                   "punctuation and does not add `<bos>` (TransformerLens prepends it).",
-              "", f"Rebuild: `python -m circuitcheck.zoo.ioi_toy --out DIR`", ""]
+              "", "Rebuild: `python -m circuitcheck.zoo build ioi-toy` (or "
+              "`python -m circuitcheck.zoo.ioi_toy --out DIR`)", ""]
     return "\n".join(lines)
 
 
