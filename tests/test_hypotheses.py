@@ -31,9 +31,19 @@ def test_equivalence_false_rejection_rate_is_near_alpha():
     assert rate(0.3) > 0.9  # a clearly different one is
 
 
-def test_sweep_reuses_forward_passes_across_metrics(tiny, monkeypatch):
-    task = own_task(tiny, n=8)
-    circuit = cc.Circuit({"a": ["0.1", "1.2"], "b": ["1.0"]}, positions={"b": "end"})
+@pytest.fixture(params=["tiny", "zoo:planted"])
+def sweep_case(request):
+    if request.param == "tiny":
+        tiny = request.getfixturevalue("tiny")
+        return tiny, own_task(tiny, n=8), cc.Circuit({"a": ["0.1", "1.2"], "b": ["1.0"]},
+                                                     positions={"b": "end"})
+    model = cc.load_model("zoo:planted", device="cpu")
+    return (model, cc.tasks.induction(model, n=16, seq_len=8),
+            cc.Circuit({"copy": ["0.2", "1.1"]}))
+
+
+def test_sweep_reuses_forward_passes_across_metrics(sweep_case, monkeypatch):
+    tiny, task, circuit = sweep_case
     calls = {"n": 0}
     original = tiny.run_with_hooks
 
