@@ -31,10 +31,10 @@ def test_equivalence_false_rejection_rate_is_near_alpha():
     assert rate(0.3) > 0.9  # a clearly different one is
 
 
-@pytest.fixture(params=["tiny", "zoo:planted"])
-def sweep_case(request):
-    if request.param == "tiny":
-        tiny = request.getfixturevalue("tiny")
+@pytest.fixture(params=["gpt2", "llama", "zoo:planted"])
+def sweep_case(request, model_dirs):
+    if request.param in model_dirs:
+        tiny = cc.load_model(model_dirs[request.param], device="cpu")
         return tiny, own_task(tiny, n=8), cc.Circuit({"a": ["0.1", "1.2"], "b": ["1.0"]},
                                                      positions={"b": "end"})
     model = cc.load_model("zoo:planted", device="cpu")
