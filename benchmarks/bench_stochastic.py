@@ -49,7 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--zoo", default="zoo:planted", help="zoo model for the time-to-decision row")
+    ap.add_argument("--zoo", nargs="+", default=["zoo:planted", "zoo:induction-2l"],
+                    help="zoo models for the time-to-decision rows")
     args = ap.parse_args()
     rows = []
     # 1. per-trial cost on a GPT-2-small-shaped model
@@ -67,21 +68,24 @@ def main() -> None:
     rows.append(("per trial, GPT-2-shaped %d layers (d=768)" % args.layers,
                  f"{t_loop * 1e3:.1f} ms", f"{t_cc * 1e3:.1f} ms", f"{t_loop / t_cc:.1f}x",
                  f"loop {limit_loop / t_loop:.0%}, cc {limit_cc / t_cc:.0%} of FLOP limit"))
-    # 2. time to a decision on a zoo model with a known circuit
-    zoo = cc.load_model(args.zoo, device=args.device)
-    card = __import__("circuitcheck.zoo", fromlist=["card"]).card(args.zoo.split(":", 1)[1])
-    heads = [tuple(h) for hs in card["circuit"].values() for h in hs]
-    ztask = cc.tasks.induction(zoo, n=64, seq_len=card.get("eval", {}).get("seq_len", 10), seed=0)
-    zenc = ztask.encode(zoo)
-    t_nb_trial = median_time(lambda: notebook_trials(zoo, zenc, 50, 0.3), 3) / 50
-    start = time.perf_counter()
-    mc = cc.stochastic_ablation(zoo, ztask, heads=heads, ablation="zero", trials=10_000)
-    t_decide = time.perf_counter() - start
-    rows.append((f"time to decision, {args.zoo} ({len(heads)} claimed heads)",
-                 f"{t_nb_trial * NOTEBOOK_TRIALS:.1f} s (2 x 10,000 trials at "
-                 f"{t_nb_trial * 1e3:.2f} ms)",
-                 f"{t_decide:.2f} s ({mc.trials_used} trials, decision: {mc.decision})",
-                 f"{t_nb_trial * NOTEBOOK_TRIALS / t_decide:.0f}x", ""))
+    # 2. time to a decision on zoo models with a known circuit
+    from circuitcheck import zoo as zoo_mod
+
+    for name in args.zoo:
+        zmodel = cc.load_model(name, device=args.device)
+        card = zoo_mod.card(name.split(":", 1)[1])
+        heads = [tuple(h) for hs in card["circuit"].values() for h in hs]
+        ztask = cc.tasks.induction(zmodel, n=64, seq_len=12, seed=0)
+        zenc = ztask.encode(zmodel)
+        t_nb_trial = median_time(lambda: notebook_trials(zmodel, zenc, 50, 0.3), 3) / 50
+        start = time.perf_counter()
+        mc = cc.stochastic_ablation(zmodel, ztask, heads=heads, ablation="zero", trials=10_000)
+        t_decide = time.perf_counter() - start
+        rows.append((f"time to decision, {name} ({len(heads)} claimed heads)",
+                     f"{t_nb_trial * NOTEBOOK_TRIALS:.1f} s (2 x 10,000 trials at "
+                     f"{t_nb_trial * 1e3:.2f} ms)",
+                     f"{t_decide:.2f} s ({mc.trials_used} trials, decision: {mc.decision})",
+                     f"{t_nb_trial * NOTEBOOK_TRIALS / t_decide:.0f}x", ""))
     print(f"machine: {machine()}; device {args.device}; matmul rate {rate / 1e9:.1f} GFLOP/s\n")
     print("| measurement | notebook loop | circuitcheck | ratio | share of physical limit |")
     print("|---|---|---|---|---|")
