@@ -189,7 +189,9 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         v = FAILED if v == HOLDS else v
         problems.append("not among the top " + str(top) + ": "
                         + ", ".join(f"{format_head(hd)} ranks {ranks[hd]}" for hd in outside))
-    claim = name or f"{label} {'is' if len(claimed) == 1 else 'are'} {kind} head{'s' * (len(claimed) > 1)}"
+    article = "an" if kind[0] in "aeiou" else "a"
+    claim = name or (f"{label} is {article} {kind} head" if len(claimed) == 1
+                     else f"{label} are {kind} heads")
 
     def story() -> str:
         best = ", ".join(f"{format_head(hd)} {scores[hd]:.2f}" for hd in scores.top(5))

@@ -7,21 +7,21 @@ A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims`
     source: "built by hand: circuitcheck/zoo/planted.py"
     task: {builder: induction, n: 64, seq_len: 12}
     circuit:
-      groups: {previous token: ["0.1"], induction: ["1.2"]}
+      groups: {previous token: ["0.2"], induction: ["1.1"]}
     claims:
       - name: planted-circuit-sufficient
         expect:
           faithfulness: {at_least: 0.9, ablation: mean, metric: top1, normalize: ablated}
           necessity: {at_most: 0.2, ablation: mean, metric: top1, normalize: ablated}
-          head_scores: {induction: {heads: ["1.2"], top: 1, at_least: 0.5}}
-          important: {heads: ["0.1", "1.2"], trials: 4096}
+          head_scores: {induction: {heads: ["1.1"], top: 1, at_least: 0.5}}
+          important: {heads: ["0.2", "1.1"], trials: 4096}
           selection: {top: 2, retained_at_least: 0.9, ablated_at_most: 0.1}
           equivalence: {epsilon: 0.1, alpha: 0.05}
           localization: {alpha: 0.05, n_random: 100}
           robust: {at_least: 0.8, ablation: [zero, mean], metric: [top1, prob]}
-          patching: {heads: ["1.2"], at_least: 0.5}
-          direct_effect: {heads: ["1.2"], at_least: 0.5}
-          attention_ablation: {heads: ["1.2"], over_random_by: 1.0}
+          patching: {heads: ["1.1"], at_least: 0.5}
+          direct_effect: {heads: ["1.1"], at_least: 0.5}
+          attention_ablation: {heads: ["1.1"], over_random_by: 1.0}
 
 Every key is checked before any model runs; an error names the file, the line, the key and
 the fix ("did you mean ..."). Nothing here imports pytest.
