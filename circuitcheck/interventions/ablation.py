@@ -359,34 +359,29 @@ def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,
         hit = torch.einsum("blhk,bpk->blph", variants.sel_at[v_idx].float(), at.float()) > 0
         masks = masks | hit
     keep = masks ^ invert[v_idx][:, None, None, None]
-    # Padding positions are never read; leaving them untouched keeps the hook cheap.
-    hooks = []
     table_rows = values.row_of[p_idx]
+    hooks = []
     for layer in range(L):
-        k = keep[:, layer]
-        if bool(k.all()):
-            continue
-        k_dev = k.to(device)[..., None]
-        if values.z is None:
-            hooks.append((f"blocks.{layer}.attn.hook_z", _zero_hook(k_dev)))
-        else:
-            ref = values.z[layer]
-            hooks.append((f"blocks.{layer}.attn.hook_z",
-                          _replace_hook(k_dev, ref, table_rows.to(ref.device), P)))
+        hooks += _layer_hook(f"blocks.{layer}.attn.hook_z", keep[:, layer][..., None],
+                             None if values.z is None else values.z[layer], table_rows, P, device)
     if variants.keep_mlp is not None:
         keep_mlp = variants.keep_mlp[v_idx]  # [B, L]
         for layer in range(L):
-            km = keep_mlp[:, layer]
-            if bool(km.all()):
-                continue
-            km_dev = km.to(device)[:, None, None]
-            if values.mlp is None:
-                hooks.append((f"blocks.{layer}.hook_mlp_out", _zero_hook(km_dev)))
-            else:
-                ref = values.mlp[layer]
-                hooks.append((f"blocks.{layer}.hook_mlp_out",
-                              _replace_hook(km_dev, ref, table_rows.to(ref.device), P)))
+            hooks += _layer_hook(f"blocks.{layer}.hook_mlp_out", keep_mlp[:, layer][:, None, None],
+                                 None if values.mlp is None else values.mlp[layer], table_rows,
+                                 P, device)
     return hooks
+
+
+def _layer_hook(name: str, keep: "torch.Tensor", table: "torch.Tensor | None",
+                table_rows: "torch.Tensor", P: int, device: Any) -> list:
+    """The hook for one activation: none when every row keeps it, else zero or replace."""
+    if bool(keep.all()):
+        return []
+    keep = keep.to(device)
+    if table is None:
+        return [(name, _zero_hook(keep))]
+    return [(name, _replace_hook(keep, table, table_rows.to(table.device), P))]
 
 
 def _zero_hook(keep: "torch.Tensor"):
