@@ -148,6 +148,15 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     )
 
 
+def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Circuit,
+                   *args: Any) -> Measurement:
+    """The circuit kept alone (``ablate=False``) or removed alone, relative to the full model;
+    the full and all-ablated baselines ride along in the same batched passes."""
+    s = _setup(model, task, [circuit], *args)
+    rows, base = _metric_rows(s, [circuit], [ablate], with_baselines=True)
+    return _ratio_measurement(s, kind, rows[0], base, circuit)
+
+
 def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
                  metric: str = "logit_diff", reference: str | None = None,
                  normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
@@ -158,10 +167,8 @@ def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "m
     ablated with ``ablation`` (zero, mean, mean-by-template, resample); ``reference`` picks the
     prompts the means are taken over (default: corrupted when the task has them).
     """
-    s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
-               confidence, batch_size)
-    rows, base = _metric_rows(s, [circuit], [False], with_baselines=True)
-    return _ratio_measurement(s, "faithfulness", rows[0], base, circuit)
+    return _circuit_ratio("faithfulness", False, model, task, circuit, ablation, metric,
+                          reference, normalize, seed, confidence, batch_size)
 
 
 def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
@@ -169,10 +176,8 @@ def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean
               normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
               batch_size: int | None = None) -> Measurement:
     """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept."""
-    s = _setup(model, task, [circuit], ablation, metric, reference, normalize, seed,
-               confidence, batch_size)
-    rows, base = _metric_rows(s, [circuit], [True], with_baselines=True)
-    return _ratio_measurement(s, "necessity", rows[0], base, circuit)
+    return _circuit_ratio("necessity", True, model, task, circuit, ablation, metric,
+                          reference, normalize, seed, confidence, batch_size)
 
 
 def head_drops(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
