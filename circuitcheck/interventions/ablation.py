@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..circuit import Circuit
 from ..errors import CircuitCheckError, TaskError
 from ..tasks import EncodedTask
-from ._batching import rows_per_batch
+from ._batching import length_batches, rows_per_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -304,10 +304,10 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     all_rows = torch.arange(n_rows)
     all_prompts = all_rows % N if prompt_of is None else prompt_of
     # less work: rows of similar length share a batch, so little padding is computed
-    order = torch.argsort(lens[all_prompts], stable=True)
+    batches = length_batches(lens[all_prompts], bs, device=device,
+                             fixed_rows=batch_size is not None)
     with torch.inference_mode():
-        for start in range(0, n_rows, bs):
-            rows = order[start:start + bs]
+        for rows in batches:
             if prompt_of is None:
                 v_idx, p_idx = rows // N, rows % N
             else:

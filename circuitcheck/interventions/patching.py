@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
-from ._batching import rows_per_batch
+from ._batching import length_batches, rows_per_batch
 from .ablation import Readout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -302,11 +302,10 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     with torch.inference_mode():
         for layer in torch.unique(start_layer).tolist():
             of_layer = (start_layer == layer).nonzero().flatten()
-            # longest prompts together: chunks trim less padding
-            of_layer = of_layer[torch.argsort(lengths[prompt_of[of_layer]], descending=True,
-                                              stable=True)]
-            for s in range(0, len(of_layer), bs):
-                rows = of_layer[s:s + bs]
+            # rows of similar length together: chunks compute little padding
+            for batch in length_batches(lengths[prompt_of[of_layer]], bs, device=device,
+                                        fixed_rows=batch_size is not None):
+                rows = of_layer[batch]
                 prompts = prompt_of[rows]
                 P = int(lengths[prompts].max())
                 chunk = Chunk(rows, prompts, P, int(layer), device)
