@@ -305,7 +305,8 @@ def test_path_patching_equals_two_step_loop(tiny, task_for):
     np.testing.assert_allclose(got.per_prompt, want, atol=1e-4, rtol=1e-4)
     grid = P.path_patch_heads(tiny, task, receivers, receiver_input="q", positions=["end"])
     assert grid.values.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads)
-    assert np.allclose(grid.values[1], 0)  # a head cannot reach queries of its own layer
+    # a head cannot reach queries of its own layer (float32 noise from batch shapes only)
+    assert np.allclose(grid.values[1], 0, atol=1e-5)
     one = P.path_patch(tiny, task, [(0, 2)], receivers, receiver_input="q", positions=["end"])
     assert grid[0, 2] == pytest.approx(one.value, abs=1e-5)
 

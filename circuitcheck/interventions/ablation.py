@@ -196,31 +196,36 @@ def _group_means(acts: list["torch.Tensor"], groups: "torch.Tensor", ref_lens: "
 
 def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
                    with_mlp: bool) -> dict[str, list["torch.Tensor"]]:
-    """Every head's ``hook_z`` (and MLP output) on ``toks``, in batches, on the model's device."""
+    """Every head's ``hook_z`` (and MLP output) on ``toks``, in batches of similar length, on
+    the model's device: [N, P, ...] per layer, zero past each prompt's own length."""
     import torch
 
     L = model.cfg.n_layers
     names = {f"blocks.{l}.attn.hook_z": ("z", l) for l in range(L)}
     if with_mlp:
         names.update({f"blocks.{l}.hook_mlp_out": ("mlp", l) for l in range(L)})
-    store: dict[str, list[list[torch.Tensor]]] = {"z": [[] for _ in range(L)]}
+    store: dict[str, list[torch.Tensor | None]] = {"z": [None] * L}
     if with_mlp:
-        store["mlp"] = [[] for _ in range(L)]
-    bs = rows_per_batch(model, toks.shape[1])
+        store["mlp"] = [None] * L
+    N, P_all = toks.shape[0], toks.shape[1]
     device = model.cfg.device
     with torch.inference_mode():
-        for start in range(0, toks.shape[0], bs):
-            chunk = toks[start:start + bs].to(device)
+        for rows in length_batches(lens, rows_per_batch(model, P_all), device=device):
+            P = int(lens[rows].max())
+            at = rows.to(device)
 
             def save(x: torch.Tensor, hook: Any) -> None:
                 key, layer = names[hook.name]
-                store[key][layer].append(x.detach())
+                if store[key][layer] is None:
+                    store[key][layer] = x.new_zeros((N, P_all) + x.shape[2:])
+                store[key][layer][at, :P] = x
 
             # no logits are needed: unembed a single position per row
-            model.run_with_hooks(chunk, fwd_hooks=[*((n, save) for n in names),
-                                                   ("unembed.hook_in", _first_position)],
+            model.run_with_hooks(toks[rows, :P].to(device),
+                                 fwd_hooks=[*((n, save) for n in names),
+                                            ("unembed.hook_in", _first_position)],
                                  return_type=None)
-    return {k: [torch.cat(parts) for parts in v] for k, v in store.items()}
+    return store  # type: ignore[return-value]
 
 
 def _first_position(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
