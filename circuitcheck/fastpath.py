@@ -155,15 +155,33 @@ def _is_causal_mask(mask: torch.Tensor | None, seq: int) -> bool:
 
 def _fuse_gelu(module: Any) -> list[Callable[[], None]]:
     """Hugging Face's ``NewGELUActivation`` (GPT-2's tanh GELU written as five elementwise
-    ops, ~28% of a CPU forward) becomes torch's fused kernel of the same formula. The
-    module is swapped in place, so hooks such as ``mlp.hook_post`` are unaffected."""
+    ops, ~28% of a CPU forward) becomes torch's fused kernel of the same formula, applied in
+    place when the pre-activation is nobody else's. The module is swapped in place, so hooks
+    such as ``mlp.hook_post`` are unaffected."""
     try:
         from transformers.activations import NewGELUActivation
     except ImportError:  # pragma: no cover - older transformers
         return []
     undo = []
+    fc = module._modules.get("c_fc")
+    pre = getattr(fc, "hook_out", None)  # mlp.hook_pre: what sees the pre-activation
     for child_name, child in list(module._modules.items()):
         if isinstance(child, NewGELUActivation):
-            module._modules[child_name] = torch.nn.GELU(approximate="tanh").train(child.training)
+            module._modules[child_name] = _GELU(pre).train(child.training)
             undo.append(lambda m=module, n=child_name, c=child: m._modules.__setitem__(n, c))
     return undo
+
+
+class _GELU(torch.nn.GELU):
+    """torch's tanh GELU, computed in place (one pass over memory, no new buffer) while no
+    hook can see the pre-activation and no gradient is wanted; bit-identical either way."""
+
+    def __init__(self, pre: Any = None) -> None:
+        super().__init__(approximate="tanh")
+        object.__setattr__(self, "_pre", pre)  # not a submodule: the hook point stays where it is
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.__dict__["_pre"]
+        if pre is None or watched(pre) or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate="tanh")

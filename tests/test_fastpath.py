@@ -66,7 +66,20 @@ def test_cache_holds_the_skipped_intermediates(tiny, arch):
         with fastpath.disabled(tiny):
             _, slow = tiny.run_with_cache(ids)
     assert set(fast.keys()) == set(slow.keys())
-    _close(fast["blocks.1.attn.hook_pattern"], slow["blocks.1.attn.hook_pattern"])
+    for name in ("blocks.1.attn.hook_pattern", "blocks.1.ln2.hook_scale", "blocks.0.mlp.hook_pre",
+                 "blocks.0.mlp.hook_post"):
+        _close(fast[name], slow[name])
+
+
+def test_an_observed_pre_activation_is_not_overwritten(tiny):
+    ids = _ids(tiny)
+    kept = []
+    with torch.inference_mode():
+        tiny.run_with_hooks(ids, fwd_hooks=[("blocks.0.mlp.hook_pre",
+                                             lambda x, hook: kept.append(x) or None)])
+        with fastpath.disabled(tiny):
+            _, slow = tiny.run_with_cache(ids, names_filter="blocks.0.mlp.hook_pre")
+    _close(kept[0], slow["blocks.0.mlp.hook_pre"])
 
 
 def test_a_padding_mask_takes_the_bridge_path(tiny):
