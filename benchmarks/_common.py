@@ -72,3 +72,12 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}")
+
+
+def target(what: str, value: float, goal: float, unit: str) -> bool:
+    """Print one of the issue's targets as a line of the table's footer: met or missed."""
+    shown = (f"{value:.0%}", f"{goal:.0%}") if unit == "%" else (f"{value:.1f}{unit}",
+                                                                 f"{goal:g}{unit}")
+    met = value >= goal
+    print(f"- target: {what} >= {shown[1]}: {'met' if met else 'MISSED'} ({shown[0]})")
+    return met

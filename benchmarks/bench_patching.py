@@ -1,6 +1,6 @@
 """Per-head activation patching: how fast is ``cc.patch_heads`` against the plain ways?
 
-Run ``python benchmarks/bench_patching.py [--layers 4] [--prompts 16] [--repeats 3]``. Builds a
+Run ``python benchmarks/bench_patching.py [--device cpu] [--layers 4] [--prompts 16]``. Builds a
 GPT-2-small-shaped model (d_model 768, 12 heads, vocabulary 50257) with random weights and
 fewer layers, saves it with a word-level tokenizer, and times in one process (median of the
 repeats, methods interleaved so machine load hits them alike):
@@ -11,36 +11,22 @@ repeats, methods interleaved so machine load hits them alike):
 (c) ``cc.patch_heads`` (exact: starts each run at the patched layer, reads the last token);
 (d) ``cc.attribution_patch_heads`` (one forward + backward).
 
-Prints a markdown table with ratios to (a), the largest difference between (c) and (a), and the
-correlation of (d) with (c). Not run by the test suite.
+Prints a markdown table with ratios to (a) and each method's share of the physical limit (its
+own forward FLOPs over the device's measured matmul rate), the largest difference between (c)
+and (a), and the correlation of (d) with (c). Not run by the test suite.
 """
 from __future__ import annotations
 
 import argparse
 import random
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-
-def build_model(out: Path, n_layers: int, seed: int = 0) -> Path:
-    """A GPT-2-small-shaped random model with the zoo's word-level tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuitcheck.zoo.data import make_tokenizer
-
-    tok = make_tokenizer()
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=768, n_layer=n_layers, n_head=12,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+from _common import forward_flops, gpt2_shaped, machine, matmul_rate, target
 
 
 def build_task(model: Any, n: int, words: int, seed: int = 0) -> Any:
@@ -67,7 +53,7 @@ def loop_per_head(model: Any, enc: Any, last_only: bool = False) -> np.ndarray:
     """(a) the plain way: one full forward (all prompts, all logits) per head; with
     ``last_only`` the unembedding runs at each prompt's last token only (a2)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    last = enc.lengths - 1
+    last = (enc.lengths - 1).to(model.cfg.device)
     read = [("unembed.hook_in", lambda x, hook: x[torch.arange(x.shape[0]), last][:, None])]
     lengths = torch.ones_like(enc.lengths) if last_only else enc.lengths
     with torch.inference_mode():
@@ -90,6 +76,7 @@ def loop_per_head(model: Any, enc: Any, last_only: bool = False) -> np.ndarray:
 
 def _ld(logits: torch.Tensor, enc: Any, lengths: Any = None) -> float:
     lengths = enc.lengths if lengths is None else lengths
+    logits = logits.cpu()
     last = logits[torch.arange(enc.n), lengths - 1]
     n = torch.arange(enc.n)
     return float((last[n, enc.answers] - last[n, enc.wrong]).mean())
@@ -104,13 +91,30 @@ def tl_patching(model: Any, enc: Any) -> np.ndarray:
         c, k = _ld(clean_logits, enc), _ld(model(enc.corrupted), enc)
         metric = lambda lo: (_ld(lo, enc) - k) / (c - k)  # noqa: E731
         return patching.get_act_patch_attn_head_out_all_pos(
-            model, enc.corrupted, cache, lambda lo: torch.tensor(metric(lo))).numpy()
+            model, enc.corrupted.to(model.cfg.device), cache,
+            lambda lo: torch.tensor(metric(lo))).cpu().numpy()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
     t = time.perf_counter()
     out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
+
+
+def method_flops(model: Any, enc: Any) -> dict[str, float | None]:
+    """Forward FLOPs each method does by its own design (the physical limit's numerator)."""
+    L, H, N = model.cfg.n_layers, model.cfg.n_heads, enc.n
+    tokens = float(enc.lengths.sum())
+    full = forward_flops(model, tokens)
+    last = forward_flops(model, tokens, read_positions=N)
+    # (c): the clean and corrupted baselines, then per head a run from its own layer on
+    blocks = forward_flops(model, tokens, read_positions=0) / L
+    unembed = last - forward_flops(model, tokens, read_positions=0)
+    exact = 2 * last + sum(H * ((L - layer) * blocks + unembed) for layer in range(L))
+    return {"(a)": (2 + L * H) * full, "(a2)": 2 * full + L * H * last,
+            "(b)": (2 + L * H) * full, "(c)": exact, "(d)": None}
 
 
 def main() -> None:
@@ -118,16 +122,13 @@ def main() -> None:
     from circuitcheck.measures import patching as P
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--words", type=int, default=19, help="words per prompt (+ BOS)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = cc.load_model(build_model(Path(tmp) / "gpt2-bench", args.layers), device="cpu")
+    model = cc.load_model(gpt2_shaped(args.layers), device=args.device)
     task = build_task(model, args.prompts, args.words)
     enc = task.encode(model)
     methods = {
@@ -139,21 +140,28 @@ def main() -> None:
         "(d) cc.attribution_patch_heads": lambda: P.attribution_patch_heads(model, task).values,
     }
     times: dict[str, list[float]] = {m: [] for m in methods}
+    rates = []
     results: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
         for name, fn in methods.items():
-            t, results[name] = timed(fn)
+            t, results[name] = timed(fn, args.device)
             times[name].append(t)
+        rates.append(matmul_rate(args.device))
+    rate = statistics.median(rates)
     med = {m: statistics.median(v) for m, v in times.items()}
+    flops = method_flops(model, enc)
     base = med["(a) one full forward per head"]
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    print(f"\nGPT-2-small-shaped random model: {L} layers x {H} heads, d_model 768, vocab "
+    print(f"machine: {machine()}; device {args.device}; matmul rate {rate / 1e9:.1f} GFLOP/s\n")
+    print(f"GPT-2-small-shaped random model: {L} layers x {H} heads, d_model 768, vocab "
           f"{model.cfg.d_vocab}; {enc.n} prompts of {int(enc.lengths[0])} tokens; "
-          f"torch threads {torch.get_num_threads()}; median of {args.repeats}\n")
-    print("| method | median (s) | min (s) | speed-up vs (a) |")
-    print("|---|---:|---:|---:|")
+          f"median of {args.repeats}\n")
+    print("| method | median (s) | min (s) | speed-up vs (a) | share of physical limit |")
+    print("|---|---:|---:|---:|---:|")
     for m in methods:
-        print(f"| {m} | {med[m]:.2f} | {min(times[m]):.2f} | {base / med[m]:.1f}x |")
+        fl = flops[m.split()[0]]
+        share = "forward + backward" if fl is None else f"{fl / rate / med[m]:.0%}"
+        print(f"| {m} | {med[m]:.2f} | {min(times[m]):.2f} | {base / med[m]:.1f}x | {share} |")
     exact, loop = results["(c) cc.patch_heads (exact)"], results["(a) one full forward per head"]
     attr = results["(d) cc.attribution_patch_heads"]
     tl = results["(b) transformer_lens.patching"]
@@ -162,7 +170,11 @@ def main() -> None:
           f"max |(b) - (a)| = {np.abs(tl - loop).max():.2e}")
     print(f"attribution vs exact: Pearson r = {corr:.3f}; "
           f"max |(d) - (c)| = {np.abs(attr - exact).max():.3f} "
-          f"(exact values span [{exact.min():.3f}, {exact.max():.3f}])")
+          f"(exact values span [{exact.min():.3f}, {exact.max():.3f}])\n")
+    c = "(c) cc.patch_heads (exact)"
+    target("exact head patching vs one forward per head", base / med[c], 2.0, "x")
+    target("exact head patching, share of the physical limit", flops["(c)"] / rate / med[c],
+           0.70, "%")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ def main() -> int:
              "process; read the ratios.\n"]
     status = 0
     for bench in BENCHES:
-        cmd = [sys.executable, str(HERE / bench)]
-        if bench != "bench_patching.py":
-            cmd += ["--device", args.device]
+        cmd = [sys.executable, str(HERE / bench), "--device", args.device]
         print(f"== {bench}", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
         text = out.stdout.strip()

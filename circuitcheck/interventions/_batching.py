@@ -47,10 +47,11 @@ def length_batches(lengths: torch.Tensor, max_rows: int, *, device: Any = "cpu",
 
     ``max_rows`` rows of the longest length fit the budget; a batch of shorter rows takes
     proportionally more (unless ``fixed_rows``: a batch size the caller chose). Rows of one
-    length fill whole batches first (no padding); the rest are grouped by a small dynamic
-    program over lengths that minimises padded token-rows plus a forward pass's fixed cost
-    (measured on a CPU: ~60 token-rows for a GPT-2-shaped model; on a GPU, where tokens are
-    cheap and launches are not, ~1/32 of a batch). Returns row indices into ``lengths``.
+    length that fill a batch are split into equal batches (no padding, no small tail); the
+    rest are grouped by a small dynamic program over lengths that minimises padded
+    token-rows plus a forward pass's fixed cost (measured on a CPU: ~60 token-rows for a
+    GPT-2-shaped model; on a GPU, where tokens are cheap and launches are not, ~1/32 of a
+    batch). Returns row indices into ``lengths``.
     """
     import torch
 
@@ -73,9 +74,11 @@ def length_batches(lengths: torch.Tensor, max_rows: int, *, device: Any = "cpu",
         j = i
         while j < n and lens[j] == lens[i]:
             j += 1
-        while i < j and j - i >= cap(lens[i]):  # whole batches of one length: no padding
-            batches.append(order[i:i + cap(lens[i])])
-            i += cap(lens[i])
+        if j - i >= cap(lens[i]):  # whole batches of one length, of equal size: no padding,
+            k = -(-(j - i) // cap(lens[i]))  # and no small last batch paying a whole overhead
+            for part in torch.tensor_split(order[i:j], k):
+                batches.append(part)
+            i = j
         if i < j:
             groups.append((i, j, lens[i]))
         i = j
