@@ -122,7 +122,9 @@ def load_model(
 
     ``name_or_dir``: a Hugging Face hub id (``"gpt2"``), a local directory written by
     ``save_pretrained``, or a zoo model (``"zoo:induction-2l"``). ``device="auto"`` picks cuda,
-    then mps, then cpu. Later calls with the same arguments return the same object.
+    then mps, then cpu. Later calls with the same arguments return the same object. The
+    model gets ``fastpath``'s fused kernels for intermediates no hook watches, kept only if
+    its predictions on a probe sequence do not move.
     """
     dt = resolve_dtype(dtype)
     dev = resolve_device(device)
