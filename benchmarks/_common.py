@@ -41,6 +41,29 @@ def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", repeats: int = 5
+                ) -> tuple[dict[str, float], float]:
+    """Median wall time of each ``fns`` entry and the median matmul rate, all measured in
+    turn within each repeat (after one warm-up), so load on the machine hits them alike."""
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    rates = []
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+        rates.append(matmul_rate(device))
+    return {k: statistics.median(v) for k, v in times.items()}, statistics.median(rates)
+
+
 def matmul_rate(device: str = "cpu", n: int = 1024) -> float:
     """Measured dense matmul FLOP/s of the device (the physical limit's denominator)."""
     a = torch.randn(n, n, device=device)

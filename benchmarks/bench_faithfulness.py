@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import circuitcheck as cc
-from _common import forward_flops, gpt2_shaped, machine, matmul_rate, median_time, target
+from _common import forward_flops, gpt2_shaped, interleaved, machine, target
 
 
 def grouped_task(model, n: int = 64, seq_len: int = 12, seed: int = 0) -> cc.Task:
@@ -86,11 +86,13 @@ def main() -> None:
                          positions={"movers": "end"})
     nb_value = notebook_faithfulness(model, task, circuit)
     cc_value = cc.faithfulness(model, task, circuit, ablation="mean-by-template").value
-    t_nb = median_time(lambda: notebook_faithfulness(model, task, circuit))
-    t_cc = median_time(lambda: cc.faithfulness(model, task, circuit, ablation="mean-by-template"))
+    med, rate = interleaved({
+        "nb": lambda: notebook_faithfulness(model, task, circuit),
+        "cc": lambda: cc.faithfulness(model, task, circuit, ablation="mean-by-template"),
+    }, args.device)
+    t_nb, t_cc = med["nb"], med["cc"]
     enc = task.encode(model)
     tokens = float(enc.lengths.sum())
-    rate = matmul_rate(args.device)
     # the notebook: reference run + clean run + ablated run, full logits everywhere
     nb_limit = 3 * forward_flops(model, tokens) / rate
     # circuitcheck: the reference run and 3 variants (circuit, full, all ablated), each

@@ -15,7 +15,7 @@ import time
 import torch
 
 import circuitcheck as cc
-from _common import forward_flops, gpt2_shaped, machine, matmul_rate, median_time, target
+from _common import forward_flops, gpt2_shaped, interleaved, machine, median_time, target
 
 NOTEBOOK_TRIALS = 2 * 10_000
 
@@ -58,13 +58,6 @@ def main() -> None:
     task = cc.tasks.induction(model, n=32, seq_len=10, seed=0)
     enc = task.encode(model)
     n_loop, n_batched = 24, 384
-    t_loop = median_time(lambda: notebook_trials(model, enc, n_loop, 0.3), 3) / n_loop
-    t_cc = median_time(lambda: cc.stochastic_ablation(
-        model, task, trials=n_batched, exclusion_keep_prob=None, ablation="zero"), 3) / n_batched
-    tokens = float(enc.lengths.float().mean())
-    rate = matmul_rate(args.device)
-    limit_loop = forward_flops(model, tokens) / rate
-    limit_cc = forward_flops(model, tokens, read_positions=1) / rate
     # the batched forward alone (masks x prompts through run_variants), against its FLOP limit
     from circuitcheck.interventions import Variants, ablation_values, run_variants
 
@@ -72,8 +65,16 @@ def main() -> None:
                        generator=torch.Generator().manual_seed(0)) < 0.3
     prompt_of = torch.arange(n_batched) % enc.n
     zero = ablation_values(model, enc, "zero")
-    t_fwd = median_time(lambda: run_variants(model, enc, Variants(masks), zero,
-                                             prompt_of=prompt_of), 3) / n_batched
+    med, rate = interleaved({
+        "loop": lambda: notebook_trials(model, enc, n_loop, 0.3),
+        "cc": lambda: cc.stochastic_ablation(model, task, trials=n_batched,
+                                             exclusion_keep_prob=None, ablation="zero"),
+        "fwd": lambda: run_variants(model, enc, Variants(masks), zero, prompt_of=prompt_of),
+    }, args.device)
+    t_loop, t_cc, t_fwd = med["loop"] / n_loop, med["cc"] / n_batched, med["fwd"] / n_batched
+    tokens = float(enc.lengths.float().mean())
+    limit_loop = forward_flops(model, tokens) / rate
+    limit_cc = forward_flops(model, tokens, read_positions=1) / rate
     goals = [("batched forward (run_variants), share of the physical limit", limit_cc / t_fwd,
               0.70, "%")]
     rows.append(("batched forward only (run_variants), per trial", "", f"{t_fwd * 1e3:.1f} ms",

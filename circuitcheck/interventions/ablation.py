@@ -8,7 +8,7 @@ mask applied by one hook per layer, and reads logits only at each prompt's last 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,16 +220,22 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
                     store[key][layer] = x.new_zeros((N, P_all) + x.shape[2:])
                 store[key][layer][at, :P] = x
 
-            # no logits are needed: unembed a single position per row
             model.run_with_hooks(toks[rows, :P].to(device),
-                                 fwd_hooks=[*((n, save) for n in names),
-                                            ("unembed.hook_in", _first_position)],
+                                 fwd_hooks=[*((n, save) for n in names), no_logits()],
                                  return_type=None)
     return store  # type: ignore[return-value]
 
 
-def _first_position(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
-    return x[:, :1]
+def no_logits() -> tuple[str, Callable[..., None]]:
+    """A hook that ends a forward pass before the unembedding, for passes that only cache
+    activations: no logits are computed at all (the bridge returns the residual stream)."""
+    return ("unembed.hook_in", _stop_before_unembed)
+
+
+def _stop_before_unembed(x: "torch.Tensor", hook: Any) -> None:
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(x)
 
 
 @dataclass(frozen=True, eq=False)

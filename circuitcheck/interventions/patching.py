@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
-from .ablation import Readout
+from .ablation import Readout, no_logits
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -113,8 +113,11 @@ def cache_activations(model: Any, tokens: "torch.Tensor", names: Sequence[str], 
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], bs):
             chunk = tokens[start:start + bs].to(model.cfg.device)
-            model.run_with_hooks(chunk, fwd_hooks=[(n, saver(store[n])) for n in wanted],
-                                 return_type=None, stop_at_layer=stop_at_layer)
+            hooks = [(n, saver(store[n])) for n in wanted]
+            if stop_at_layer is None:
+                hooks.append(no_logits())
+            model.run_with_hooks(chunk, fwd_hooks=hooks, return_type=None,
+                                 stop_at_layer=stop_at_layer)
     return {n: torch.cat(v) for n, v in store.items()}
 
 

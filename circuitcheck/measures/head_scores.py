@@ -73,6 +73,7 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     import torch
 
     from ..interventions._batching import rows_per_batch
+    from ..interventions.ablation import no_logits
     from ..tasks._induction import content_token_ids
 
     if kind not in KINDS:
@@ -116,8 +117,9 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
                 diag = pattern[:, :, queries.to(pattern.device), keys.to(pattern.device)]
                 out[s:s + chunk.shape[0], layer] = diag.float().mean(-1).cpu()
 
-            model.run_with_hooks(chunk, fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", grab)
-                                                   for l in range(L)], return_type=None)
+            model.run_with_hooks(chunk, fwd_hooks=[*((f"blocks.{l}.attn.hook_pattern", grab)
+                                                     for l in range(L)), no_logits()],
+                                 return_type=None)
     per_seq = out.numpy().astype(float)
     scores = per_seq.mean(0)
     rng = np.random.default_rng(seed)
