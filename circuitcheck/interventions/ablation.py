@@ -244,8 +244,8 @@ class Readout:
 
     logit: "torch.Tensor"  # answer logit
     wrong_logit: "torch.Tensor | None"
-    logprob: "torch.Tensor"  # log-softmax of the answer
-    correct: "torch.Tensor"  # argmax == answer
+    logprob: "torch.Tensor | None"  # log-softmax of the answer (None: answer logits only)
+    correct: "torch.Tensor | None"  # argmax == answer (None: answer logits only)
     good_prob: "torch.Tensor | None" = None  # probability mass on the task's good tokens
     bad_prob: "torch.Tensor | None" = None
     kl: "torch.Tensor | None" = None  # KL(full model || variant) at the read position
@@ -264,32 +264,81 @@ def final_logprobs(model: Any, enc: EncodedTask, *, batch_size: int | None = Non
     return torch.cat(out)
 
 
-def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list) -> "torch.Tensor":
-    """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere else."""
-    import torch
-
+def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list,
+                 ids: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere
+    else. With ``ids`` ([B, k]) only those logits are computed ([B, k]; see
+    ``answer_logits_exact``): the pass stops before the unembedding."""
     device = model.cfg.device
     P = int(lens.max())  # less work: trim padding shared by the whole chunk
-    last = (lens - 1).to(device)
+    hook = last_token_hook((lens - 1).to(device), stop=ids is not None)
+    out = model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
+    return out.float() if ids is None else selected_logits(model, out, ids)
+
+
+def last_token_hook(last: "torch.Tensor", *, stop: bool = False) -> tuple[str, Callable]:
+    """The ``unembed.hook_in`` hook keeping each row's last position (``last[b]``); with
+    ``stop`` the pass ends there and returns that residual ([B, 1, d_model])."""
+    import torch
 
     def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        return x[torch.arange(x.shape[0], device=x.device), last][:, None]
+        y = x[torch.arange(x.shape[0], device=x.device), last][:, None]
+        if stop:
+            from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-    return model.run_with_hooks(toks[:, :P].to(device),
-                                fwd_hooks=[*hooks, ("unembed.hook_in", read_last)])[:, 0].float()
+            raise StopAtLayerException(y)
+        return y
+    return ("unembed.hook_in", read_last)
+
+
+def selected_logits(model: Any, resid: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
+    """Logits of token ``ids[b, j]`` from the final residual ``resid[b]`` (after the final
+    norm): the unembedding's rows for those tokens only, [B, k] float32."""
+    unembed = model.unembed.original_component
+    w = unembed.weight[ids.to(unembed.weight.device)]  # [B, k, d]
+    out = (resid.float()[:, None, :] * w.float()).sum(-1)
+    if unembed.bias is not None:
+        out = out + unembed.bias[ids.to(unembed.bias.device)].float()
+    return out
+
+
+def answer_logits_exact(model: Any) -> bool:
+    """Whether the model's logits are its unembedding of the final residual and nothing more
+    (no soft-capping or scaling after it), checked once on a probe sequence; only then may
+    a metric that reads two logits skip the other ``d_vocab - 2``."""
+    import torch
+
+    known = model.__dict__.get("cc_answer_logits")
+    if known is not None:
+        return known
+    unembed = getattr(getattr(model, "unembed", None), "original_component", None)
+    ok = (isinstance(unembed, torch.nn.Linear)
+          and unembed.weight.dtype in (torch.float32, torch.float64))
+    if ok:
+        V = model.cfg.d_vocab
+        ids = torch.tensor([[int(i * 7919) % V for i in range(1, 9)]])
+        with torch.inference_mode():
+            full = model(ids.to(model.cfg.device))[:, -1].float()
+            sel = _read_logits(model, ids, torch.tensor([8]), [], ids=torch.arange(V)[None])
+        ok = bool(torch.allclose(sel, full, rtol=1e-4, atol=1e-4 * float(full.abs().max())))
+    model.__dict__["cc_answer_logits"] = ok
+    return ok
 
 
 def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                  values: AblationValues | None, *, batch_size: int | None = None,
                  tokens: "torch.Tensor | None" = None, lengths: "torch.Tensor | None" = None,
                  prompt_of: "torch.Tensor | None" = None, progress: Any = None,
-                 ref_logprobs: "torch.Tensor | None" = None) -> Readout:
+                 ref_logprobs: "torch.Tensor | None" = None,
+                 answer_logits_only: bool = False) -> Readout:
     """Evaluate every variant on every prompt ([V, N] results); rows are batched, one hook
     per layer. With ``prompt_of[v]`` each variant runs on that one prompt only ([V, 1]).
 
     With ``values=None`` nothing is ablated (used for the clean and corrupted baselines).
     ``tokens``/``lengths`` override the prompts (e.g. the corrupted ones), answers stay.
     ``ref_logprobs`` (the full model's, from ``final_logprobs``) adds the KL divergence.
+    ``answer_logits_only`` (for the logit difference): read only the answer's and the wrong
+    answer's logits, where the model allows it exactly; ``logprob``/``correct`` are then None.
     """
     import torch
 
@@ -305,10 +354,12 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
         pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
     invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
     n_rows = V * N if prompt_of is None else V
+    only = (answer_logits_only and enc.wrong is not None and enc.good is None
+            and ref_logprobs is None and answer_logits_exact(model))
     out_logit = torch.empty(n_rows)
     out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
-    out_lp = torch.empty(n_rows)
-    out_ok = torch.empty(n_rows, dtype=torch.bool)
+    out_lp = None if only else torch.empty(n_rows)
+    out_ok = None if only else torch.empty(n_rows, dtype=torch.bool)
     out_good = torch.empty(n_rows) if enc.good is not None else None
     out_bad = torch.empty(n_rows) if enc.bad is not None else None
     out_kl = torch.empty(n_rows) if ref_logprobs is not None else None
@@ -328,6 +379,13 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
             if values is not None:
                 hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
                                         invert, device)
+            if only:
+                pair = torch.stack([enc.answers[p_idx], enc.wrong[p_idx]], 1)
+                both = _read_logits(model, toks[p_idx], lens[p_idx], hooks, ids=pair)
+                out_logit[rows], out_wrong[rows] = both[:, 0].cpu(), both[:, 1].cpu()
+                if progress is not None:
+                    progress(len(rows))
+                continue
             logits = _read_logits(model, toks[p_idx], lens[p_idx], hooks)
             ans = enc.answers[p_idx].to(device)
             sel = torch.arange(len(rows), device=device)
@@ -351,8 +409,8 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     def view(t: "torch.Tensor | None") -> "torch.Tensor | None":
         return None if t is None else t.view(shape)
 
-    return Readout(out_logit.view(shape), view(out_wrong), out_lp.view(shape),
-                   out_ok.view(shape), view(out_good), view(out_bad), view(out_kl))
+    return Readout(out_logit.view(shape), view(out_wrong), view(out_lp), view(out_ok),
+                   view(out_good), view(out_bad), view(out_kl))
 
 
 def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,

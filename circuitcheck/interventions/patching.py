@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
-from .ablation import Readout, no_logits
+from .ablation import (Readout, answer_logits_exact, last_token_hook, no_logits,
+                       selected_logits)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -271,8 +272,8 @@ def as_readout(parts: list[tuple["torch.Tensor", dict[str, "torch.Tensor"]]], n_
         for rows, vals in parts:
             t[rows] = vals[key]
         full[key] = t
-    return Readout(full["logit"], full.get("wrong_logit"), full["logprob"], full["correct"],
-                   full.get("good_prob"), full.get("bad_prob"))
+    return Readout(full["logit"], full.get("wrong_logit"), full.get("logprob"),
+                   full.get("correct"), full.get("good_prob"), full.get("bad_prob"))
 
 
 def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
@@ -281,7 +282,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              start_layer: "torch.Tensor | None" = None,
              start_resid: Callable[[Chunk], "torch.Tensor"] | None = None,
              resid_at_zero: bool = False, stop_at_layer: int | None = None,
-             batch_size: int | None = None) -> Readout | None:
+             batch_size: int | None = None, answer_logits_only: bool = False
+             ) -> Readout | None:
     """Run R rows (row r = prompt ``prompt_of[r]`` of ``tokens``) and read the last token.
 
     ``hooks(chunk)`` gives the chunk's hooks (each reads its rows' masks from the chunk).
@@ -290,6 +292,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     that layer, with the blocks before it skipped; rows starting at 0 run from their tokens
     unless ``resid_at_zero``. Returns a ``Readout`` of shape [R], or None with
     ``stop_at_layer`` (runs that only feed their hooks, e.g. capturing a receiver's input).
+    ``answer_logits_only``: read only the answer's and wrong answer's logits (see
+    ``run_variants``).
     """
     import torch
 
@@ -301,6 +305,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     skip = skipping_is_exact(model) if bool((start_layer > 0).any()) else False
     device = model.cfg.device
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
+    only = (answer_logits_only and enc.wrong is not None and enc.good is None
+            and answer_logits_exact(model))
     parts = []
     with torch.inference_mode():
         for layer in torch.unique(start_layer).tolist():
@@ -313,13 +319,9 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                 P = int(lengths[prompts].max())
                 chunk = Chunk(rows, prompts, P, int(layer), device)
                 last = (lengths[prompts] - 1).to(device)
-
-                def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                    return x[torch.arange(x.shape[0], device=x.device), last][:, None]
-
                 fwd = hooks(chunk)
                 if stop_at_layer is None:
-                    fwd.append(("unembed.hook_in", read_last))
+                    fwd.append(last_token_hook(last, stop=only))
                 kw = {"fwd_hooks": fwd, "stop_at_layer": stop_at_layer}
                 if layer == 0 and not resid_at_zero:
                     logits = model.run_with_hooks(tokens[prompts, :P].to(device), **kw)
@@ -328,7 +330,11 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                     ctx = skip_blocks(model, layer) if skip else contextlib.nullcontext()
                     with ctx:
                         logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
-                if stop_at_layer is None:
+                if stop_at_layer is None and only:
+                    pair = torch.stack([enc.answers[prompts], enc.wrong[prompts]], 1)
+                    both = selected_logits(model, logits[:, 0], pair).cpu()
+                    parts.append((rows, {"logit": both[:, 0], "wrong_logit": both[:, 1]}))
+                elif stop_at_layer is None:
                     parts.append((rows, readout_from_logits(logits[:, 0], enc, prompts)))
     return as_readout(parts, R) if stop_at_layer is None else None
 
@@ -388,8 +394,8 @@ class Patches:
 
 def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
                 direction: str, source: dict[int, "torch.Tensor"],
-                base_resid: dict[int, "torch.Tensor"], *, batch_size: int | None = None
-                ) -> Readout:
+                base_resid: dict[int, "torch.Tensor"], *, batch_size: int | None = None,
+                answer_logits_only: bool = False) -> Readout:
     """Evaluate every patched run of ``patches`` ([R] readout).
 
     ``source[l]``: the component's activation at layer l on the source prompts (clean for
@@ -425,4 +431,5 @@ def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
 
     return run_rows(model, enc, patches.prompt_of, tokens=tokens, lengths=enc.lengths,
                     hooks=hooks, start_layer=start, start_resid=start_resid,
-                    resid_at_zero=component == "resid_pre", batch_size=batch_size)
+                    resid_at_zero=component == "resid_pre", batch_size=batch_size,
+                    answer_logits_only=answer_logits_only)

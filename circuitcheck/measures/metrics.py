@@ -20,6 +20,7 @@ class Metric:
     needs_wrong: bool = False
     needs_sets: bool = False
     needs_reference: bool = False  # needs the full model's distribution (KL)
+    answer_logits_only: bool = False  # reads two logits, so the rest need not be computed
 
     def __call__(self, readout: Readout) -> np.ndarray:
         return self.fn(readout)
@@ -37,7 +38,8 @@ def _prob_diff(r: Readout) -> np.ndarray:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
-        Metric("logit_diff", "logit(answer) - logit(wrong_answer) at 'end'", _logit_diff, True),
+        Metric("logit_diff", "logit(answer) - logit(wrong_answer) at 'end'", _logit_diff, True,
+               answer_logits_only=True),
         Metric("prob", "p(answer) at 'end'", lambda r: r.logprob.exp().numpy().astype(float)),
         Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float)),
         Metric("top1", "top-1 success (argmax = answer) at 'end'",
