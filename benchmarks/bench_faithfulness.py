@@ -95,9 +95,9 @@ def main() -> None:
     tokens = float(enc.lengths.sum())
     # the notebook: reference run + clean run + ablated run, full logits everywhere
     nb_limit = 3 * forward_flops(model, tokens) / rate
-    # circuitcheck: the reference run and 3 variants (circuit, full, all ablated), each
-    # unembedding one position per prompt
-    cc_limit = 4 * forward_flops(model, tokens, enc.n) / rate
+    # circuitcheck: the reference run (stops before the unembedding) and 3 variants (circuit,
+    # full, all ablated) that read two logits per prompt (W_U rows, not the unembedding)
+    cc_limit = 4 * forward_flops(model, tokens, read_positions=0) / rate
     print(f"machine: {machine()}; device {args.device}; matmul rate {rate / 1e9:.1f} GFLOP/s\n")
     print("| measurement | notebook hook | circuitcheck | ratio | share of physical limit |")
     print("|---|---|---|---|---|")

@@ -109,10 +109,10 @@ def method_flops(model: Any, enc: Any) -> dict[str, float | None]:
     tokens = float(enc.lengths.sum())
     full = forward_flops(model, tokens)
     last = forward_flops(model, tokens, read_positions=N)
-    # (c): the clean and corrupted baselines, then per head a run from its own layer on
+    # (c): the clean and corrupted baselines (full logits at the last token), then per head a
+    # run from its own layer on that reads two logits (rows of W_U, not the unembedding)
     blocks = forward_flops(model, tokens, read_positions=0) / L
-    unembed = last - forward_flops(model, tokens, read_positions=0)
-    exact = 2 * last + sum(H * ((L - layer) * blocks + unembed) for layer in range(L))
+    exact = 2 * last + sum(H * (L - layer) * blocks for layer in range(L))
     return {"(a)": (2 + L * H) * full, "(a2)": 2 * full + L * H * last,
             "(b)": (2 + L * H) * full, "(c)": exact, "(d)": None}
 
