@@ -24,7 +24,7 @@ def grouped_task(model, n: int = 64, seq_len: int = 12, seed: int = 0) -> cc.Tas
     "does" the task and the faithfulness ratio is defined."""
     base = cc.tasks.induction(model, n=n, seq_len=seq_len, seed=seed)
     with torch.inference_mode():
-        last = [model(torch.tensor([p]))[0, -1] for p in base.prompts]
+        last = [model(torch.tensor([p]).to(model.cfg.device))[0, -1].cpu() for p in base.prompts]
     return cc.Task(prompts=base.prompts, answers=[int(x.argmax()) for x in last],
                    wrong_answers=[int(x.argmin()) for x in last], corrupted=base.corrupted,
                    positions=base.positions, groups=[len(p) for p in base.prompts],
@@ -35,15 +35,17 @@ def notebook_faithfulness(model, task: cc.Task, circuit: cc.Circuit) -> float:
     """The notebook procedure: per-template means from a cached reference run, then a hook
     that loops over layers' heads and template groups, and the metric from full logits."""
     enc = task.encode(model)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L, H, dev = model.cfg.n_layers, model.cfg.n_heads, model.cfg.device
     with torch.inference_mode():
-        _, cache = model.run_with_cache(enc.corrupted, names_filter=lambda n: n.endswith("hook_z"))
+        _, cache = model.run_with_cache(enc.corrupted.to(dev),
+                                        names_filter=lambda n: n.endswith("hook_z"))
     groups = enc.groups
     keep_at = {}  # (layer, head) -> position name or None
     for (layer, head), pos in circuit.placements():
         keep_at[(layer, head)] = pos
 
     def metric(logits):
+        logits = logits.cpu()
         last = enc.lengths - 1
         final = logits[torch.arange(enc.n), last]
         return (final[torch.arange(enc.n), enc.answers] - final[torch.arange(enc.n), enc.wrong])
@@ -69,8 +71,8 @@ def notebook_faithfulness(model, task: cc.Task, circuit: cc.Circuit) -> float:
         return z
 
     with torch.inference_mode():
-        full = metric(model(enc.tokens)).mean()
-        kept = metric(model.run_with_hooks(enc.tokens, fwd_hooks=[
+        full = metric(model(enc.tokens.to(dev))).mean()
+        kept = metric(model.run_with_hooks(enc.tokens.to(dev), fwd_hooks=[
             (f"blocks.{l}.attn.hook_z", hook) for l in range(L)])).mean()
     return float(kept / full)
 
@@ -82,8 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     model = cc.load_model(gpt2_shaped(args.layers), device=args.device)
     task = grouped_task(model)
-    circuit = cc.Circuit({"movers": ["3.0", "3.5", "2.7"], "early": ["0.1", "1.4"]},
-                         positions={"movers": "end"})
+    last = args.layers - 1  # with 4 layers: movers 3.0, 3.5, 2.7; early 0.1, 1.4
+    circuit = cc.Circuit({"movers": [f"{last}.0", f"{last}.5", f"{max(last - 1, 0)}.7"],
+                          "early": ["0.1", f"{min(1, last)}.4"]}, positions={"movers": "end"})
     nb_value = notebook_faithfulness(model, task, circuit)
     cc_value = cc.faithfulness(model, task, circuit, ablation="mean-by-template").value
     med, rate = interleaved({

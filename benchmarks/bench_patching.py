@@ -57,8 +57,8 @@ def loop_per_head(model: Any, enc: Any, last_only: bool = False) -> np.ndarray:
     read = [("unembed.hook_in", lambda x, hook: x[torch.arange(x.shape[0]), last][:, None])]
     lengths = torch.ones_like(enc.lengths) if last_only else enc.lengths
     with torch.inference_mode():
-        clean_logits, cache = model.run_with_cache(enc.tokens)
-        corr_logits = model(enc.corrupted)
+        clean_logits, cache = model.run_with_cache(enc.tokens.to(model.cfg.device))
+        corr_logits = model(enc.corrupted.to(model.cfg.device))
         ld = lambda lo: _ld(lo, enc)  # noqa: E731
         c, k = ld(clean_logits), ld(corr_logits)
         out = np.zeros((L, H))
@@ -68,7 +68,7 @@ def loop_per_head(model: Any, enc: Any, last_only: bool = False) -> np.ndarray:
                 def hook(z: torch.Tensor, hook: Any, h: int = h) -> torch.Tensor:
                     z[:, :, h] = src[:, :, h]
                     return z
-                logits = model.run_with_hooks(enc.corrupted, fwd_hooks=[
+                logits = model.run_with_hooks(enc.corrupted.to(model.cfg.device), fwd_hooks=[
                     (f"blocks.{layer}.attn.hook_z", hook)] + (read if last_only else []))
                 out[layer, h] = (_ld(logits, enc, lengths) - k) / (c - k)
     return out
@@ -87,8 +87,8 @@ def tl_patching(model: Any, enc: Any) -> np.ndarray:
     from transformer_lens import patching
 
     with torch.inference_mode():
-        clean_logits, cache = model.run_with_cache(enc.tokens)
-        c, k = _ld(clean_logits, enc), _ld(model(enc.corrupted), enc)
+        clean_logits, cache = model.run_with_cache(enc.tokens.to(model.cfg.device))
+        c, k = _ld(clean_logits, enc), _ld(model(enc.corrupted.to(model.cfg.device)), enc)
         metric = lambda lo: (_ld(lo, enc) - k) / (c - k)  # noqa: E731
         return patching.get_act_patch_attn_head_out_all_pos(
             model, enc.corrupted.to(model.cfg.device), cache,

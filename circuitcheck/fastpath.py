@@ -3,7 +3,8 @@
 TransformerLens's bridge computes every intermediate a hook *could* read: a layer norm builds
 ``hook_scale`` and ``hook_normalized`` from five elementwise passes even when it then calls
 the fused kernel, and attention builds, masks and soft-maxes the full score tensor for
-``hook_attn_scores``/``hook_pattern``. On a CPU that is a fifth of a GPT-2 forward. Here each
+``hook_attn_scores``/``hook_pattern``: on a CPU, a batched GPT-2-shaped forward takes ~15%
+less time with the paths below than under ``disabled`` (3.7 vs 4.4 ms a row). Here each
 such module gets the same function through one fused kernel (``F.layer_norm``,
 ``F.scaled_dot_product_attention``, torch's tanh GELU), used only while no hook is attached
 to an intermediate it skips and nothing else differs (no KV cache, no dropout, a plain
