@@ -21,17 +21,19 @@ def test_same_logits_as_the_full_readout(tiny):
     masks = torch.rand(7, L, H, generator=torch.Generator().manual_seed(1)) < 0.5
     values = ablation_values(tiny, enc, "mean")
     full = run_variants(tiny, enc, Variants(masks), values)
-    only = run_variants(tiny, enc, Variants(masks), values, answer_logits_only=True)
+    only = run_variants(tiny, enc, Variants(masks), values, reads=("logit", "wrong_logit"))
     assert only.logprob is None and only.correct is None  # not computed, not made up
     torch.testing.assert_close(only.logit, full.logit, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(only.wrong_logit, full.wrong_logit, rtol=1e-4, atol=1e-4)
+    top1 = run_variants(tiny, enc, Variants(masks), values, reads=("correct",))
+    assert top1.logprob is None and torch.equal(top1.correct, full.correct)
 
 
 def test_measurements_agree_with_a_metric_reading_full_logits(tiny):
     task = own_task(tiny)
     full_ld = cc.measures.metrics.Metric("logit_diff_full", "full-vocab logit difference",
                                          lambda r: (r.logit - r.wrong_logit).numpy(), True)
-    assert not full_ld.answer_logits_only
+    assert full_ld.reads == ()  # a metric that does not say what it reads gets everything
     grid = P.patch_heads(tiny, task)
     ref = P.patch_heads(tiny, task, metric=full_ld)
     np.testing.assert_allclose(grid.values, ref.values, rtol=1e-4, atol=1e-4)
@@ -49,9 +51,10 @@ def test_logits_changed_after_the_unembedding_take_the_full_path(model_dirs):
         assert not answer_logits_exact(model)  # e.g. soft-capped or scaled logits
         task = own_task(model)
         enc = task.encode(model)
-        r = run_variants(model, enc, Variants(torch.ones(1, 2, 4, dtype=torch.bool)), None,
-                         answer_logits_only=True)
-        assert r.logprob is not None  # fell back to the full readout
+        keep_all = Variants(torch.ones(1, 2, 4, dtype=torch.bool))
+        r = run_variants(model, enc, keep_all, None, reads=("logit", "wrong_logit"))
+        full = run_variants(model, enc, keep_all, None)
+        torch.testing.assert_close(r.logit, full.logit)  # the doubled logits, from the full path
     finally:
         model.reset_hooks(including_permanent=True)
         model.__dict__.pop("cc_answer_logits", None)

@@ -8,7 +8,7 @@ mask applied by one hook per layer, and reads logits only at each prompt's last 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -264,6 +264,29 @@ def final_logprobs(model: Any, enc: EncodedTask, *, batch_size: int | None = Non
     return torch.cat(out)
 
 
+#: What a readout can hold; reading only the first two needs no unembedding.
+ANSWER_LOGITS = frozenset({"logit", "wrong_logit"})
+READ_ALL = ANSWER_LOGITS | {"logprob", "correct", "good_prob", "bad_prob", "kl"}
+
+
+def read_plan(model: Any, reads: "Collection[str] | None", with_kl: bool = False
+              ) -> tuple[frozenset[str], bool]:
+    """The readout fields to compute, and whether the answer logits alone are read without
+    the unembedding (only those are wanted and ``answer_logits_exact`` allows it)."""
+    want = READ_ALL if reads is None else frozenset(reads) | {"logit"}
+    if with_kl:
+        want |= {"kl"}
+    return want, want <= ANSWER_LOGITS and answer_logits_exact(model)
+
+
+def answer_ids(enc: EncodedTask, prompts: "torch.Tensor") -> "torch.Tensor":
+    """[B, 1 or 2]: each prompt's answer token (and its wrong answer's)."""
+    import torch
+
+    ids = [enc.answers[prompts]] + ([enc.wrong[prompts]] if enc.wrong is not None else [])
+    return torch.stack(ids, 1)
+
+
 def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list,
                  ids: "torch.Tensor | None" = None) -> "torch.Tensor":
     """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere
@@ -330,15 +353,16 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                  tokens: "torch.Tensor | None" = None, lengths: "torch.Tensor | None" = None,
                  prompt_of: "torch.Tensor | None" = None, progress: Any = None,
                  ref_logprobs: "torch.Tensor | None" = None,
-                 answer_logits_only: bool = False) -> Readout:
+                 reads: "Collection[str] | None" = None) -> Readout:
     """Evaluate every variant on every prompt ([V, N] results); rows are batched, one hook
     per layer. With ``prompt_of[v]`` each variant runs on that one prompt only ([V, 1]).
 
     With ``values=None`` nothing is ablated (used for the clean and corrupted baselines).
     ``tokens``/``lengths`` override the prompts (e.g. the corrupted ones), answers stay.
     ``ref_logprobs`` (the full model's, from ``final_logprobs``) adds the KL divergence.
-    ``answer_logits_only`` (for the logit difference): read only the answer's and the wrong
-    answer's logits, where the model allows it exactly; ``logprob``/``correct`` are then None.
+    ``reads``: the ``Readout`` fields the caller will read (a metric's ``reads``; None: all).
+    The others are None, never made up; reading only ``logit``/``wrong_logit`` skips the
+    unembedding where ``answer_logits_exact`` allows it.
     """
     import torch
 
@@ -354,14 +378,13 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
         pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
     invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
     n_rows = V * N if prompt_of is None else V
-    only = (answer_logits_only and enc.wrong is not None and enc.good is None
-            and ref_logprobs is None and answer_logits_exact(model))
+    want, only = read_plan(model, reads, ref_logprobs is not None)
     out_logit = torch.empty(n_rows)
     out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
-    out_lp = None if only else torch.empty(n_rows)
-    out_ok = None if only else torch.empty(n_rows, dtype=torch.bool)
-    out_good = torch.empty(n_rows) if enc.good is not None else None
-    out_bad = torch.empty(n_rows) if enc.bad is not None else None
+    out_lp = torch.empty(n_rows) if "logprob" in want else None
+    out_ok = torch.empty(n_rows, dtype=torch.bool) if "correct" in want else None
+    out_good = torch.empty(n_rows) if enc.good is not None and "good_prob" in want else None
+    out_bad = torch.empty(n_rows) if enc.bad is not None and "bad_prob" in want else None
     out_kl = torch.empty(n_rows) if ref_logprobs is not None else None
     all_rows = torch.arange(n_rows)
     all_prompts = all_rows % N if prompt_of is None else prompt_of
@@ -380,9 +403,11 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                 hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
                                         invert, device)
             if only:
-                pair = torch.stack([enc.answers[p_idx], enc.wrong[p_idx]], 1)
-                both = _read_logits(model, toks[p_idx], lens[p_idx], hooks, ids=pair)
-                out_logit[rows], out_wrong[rows] = both[:, 0].cpu(), both[:, 1].cpu()
+                both = _read_logits(model, toks[p_idx], lens[p_idx], hooks,
+                                    ids=answer_ids(enc, p_idx)).cpu()
+                out_logit[rows] = both[:, 0]
+                if out_wrong is not None:
+                    out_wrong[rows] = both[:, 1]
                 if progress is not None:
                     progress(len(rows))
                 continue
@@ -391,8 +416,10 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
             sel = torch.arange(len(rows), device=device)
             a_logit = logits[sel, ans]
             out_logit[rows] = a_logit.cpu()
-            out_lp[rows] = (a_logit - torch.logsumexp(logits, -1)).cpu()
-            out_ok[rows] = (logits.argmax(-1) == ans).cpu()
+            if out_lp is not None:
+                out_lp[rows] = (a_logit - torch.logsumexp(logits, -1)).cpu()
+            if out_ok is not None:
+                out_ok[rows] = (logits.argmax(-1) == ans).cpu()
             if out_wrong is not None:
                 out_wrong[rows] = logits[sel, enc.wrong[p_idx].to(device)].cpu()
             if out_good is not None or out_bad is not None:

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
-from .ablation import (Readout, answer_logits_exact, last_token_hook, no_logits,
-                       selected_logits)
+from .ablation import (READ_ALL, Readout, answer_ids, last_token_hook, no_logits,
+                       read_plan, selected_logits)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -237,9 +237,10 @@ class Chunk:
     device: Any
 
 
-def readout_from_logits(logits: "torch.Tensor", enc: EncodedTask, prompts: "torch.Tensor"
-                        ) -> dict[str, "torch.Tensor"]:
-    """Per-row answer logit, wrong logit, log-prob, top-1 and set probabilities (on CPU)."""
+def readout_from_logits(logits: "torch.Tensor", enc: EncodedTask, prompts: "torch.Tensor",
+                        want: "Collection[str] | None" = None) -> dict[str, "torch.Tensor"]:
+    """Per-row answer logit, wrong logit, log-prob, top-1 and set probabilities (on CPU);
+    with ``want``, only those of them."""
     import torch
 
     logits = logits.float()
@@ -247,11 +248,15 @@ def readout_from_logits(logits: "torch.Tensor", enc: EncodedTask, prompts: "torc
     sel = torch.arange(len(prompts), device=device)
     ans = enc.answers[prompts].to(device)
     a = logits[sel, ans]
-    out = {"logit": a.cpu(), "logprob": (a - torch.logsumexp(logits, -1)).cpu(),
-           "correct": (logits.argmax(-1) == ans).cpu()}
+    want = READ_ALL if want is None else want
+    out = {"logit": a.cpu()}
+    if "logprob" in want:
+        out["logprob"] = (a - torch.logsumexp(logits, -1)).cpu()
+    if "correct" in want:
+        out["correct"] = (logits.argmax(-1) == ans).cpu()
     if enc.wrong is not None:
         out["wrong_logit"] = logits[sel, enc.wrong[prompts].to(device)].cpu()
-    if enc.good is not None or enc.bad is not None:
+    if (enc.good is not None or enc.bad is not None) and want & {"good_prob", "bad_prob"}:
         probs = logits.softmax(-1)
         for key, mask in (("good_prob", enc.good), ("bad_prob", enc.bad)):
             if mask is not None:
@@ -282,7 +287,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              start_layer: "torch.Tensor | None" = None,
              start_resid: Callable[[Chunk], "torch.Tensor"] | None = None,
              resid_at_zero: bool = False, stop_at_layer: int | None = None,
-             batch_size: int | None = None, answer_logits_only: bool = False
+             batch_size: int | None = None, reads: "Collection[str] | None" = None
              ) -> Readout | None:
     """Run R rows (row r = prompt ``prompt_of[r]`` of ``tokens``) and read the last token.
 
@@ -292,8 +297,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     that layer, with the blocks before it skipped; rows starting at 0 run from their tokens
     unless ``resid_at_zero``. Returns a ``Readout`` of shape [R], or None with
     ``stop_at_layer`` (runs that only feed their hooks, e.g. capturing a receiver's input).
-    ``answer_logits_only``: read only the answer's and wrong answer's logits (see
-    ``run_variants``).
+    ``reads``: the readout fields wanted (see ``run_variants``).
     """
     import torch
 
@@ -305,8 +309,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     skip = skipping_is_exact(model) if bool((start_layer > 0).any()) else False
     device = model.cfg.device
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
-    only = (answer_logits_only and enc.wrong is not None and enc.good is None
-            and answer_logits_exact(model))
+    want, only = read_plan(model, reads)
     parts = []
     with torch.inference_mode():
         for layer in torch.unique(start_layer).tolist():
@@ -331,11 +334,11 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                     with ctx:
                         logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
                 if stop_at_layer is None and only:
-                    pair = torch.stack([enc.answers[prompts], enc.wrong[prompts]], 1)
-                    both = selected_logits(model, logits[:, 0], pair).cpu()
-                    parts.append((rows, {"logit": both[:, 0], "wrong_logit": both[:, 1]}))
+                    both = selected_logits(model, logits[:, 0], answer_ids(enc, prompts)).cpu()
+                    parts.append((rows, {"logit": both[:, 0]} | (
+                        {"wrong_logit": both[:, 1]} if enc.wrong is not None else {})))
                 elif stop_at_layer is None:
-                    parts.append((rows, readout_from_logits(logits[:, 0], enc, prompts)))
+                    parts.append((rows, readout_from_logits(logits[:, 0], enc, prompts, want)))
     return as_readout(parts, R) if stop_at_layer is None else None
 
 
@@ -395,7 +398,7 @@ class Patches:
 def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
                 direction: str, source: dict[int, "torch.Tensor"],
                 base_resid: dict[int, "torch.Tensor"], *, batch_size: int | None = None,
-                answer_logits_only: bool = False) -> Readout:
+                reads: "Collection[str] | None" = None) -> Readout:
     """Evaluate every patched run of ``patches`` ([R] readout).
 
     ``source[l]``: the component's activation at layer l on the source prompts (clean for
@@ -432,4 +435,4 @@ def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
     return run_rows(model, enc, patches.prompt_of, tokens=tokens, lengths=enc.lengths,
                     hooks=hooks, start_layer=start, start_resid=start_resid,
                     resid_at_zero=component == "resid_pre", batch_size=batch_size,
-                    answer_logits_only=answer_logits_only)
+                    reads=reads)

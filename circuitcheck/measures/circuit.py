@@ -91,7 +91,7 @@ def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
     variants = Variants.from_circuits(s.model, circuits, ablate)
     rows = s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
                                  ref_logprobs=s.ref_logprobs,
-                                 answer_logits_only=s.metric.answer_logits_only))
+                                 reads=s.metric.reads or None))
     if not with_baselines:
         return rows
     return rows[:-2], _baselines(s, rows[-2], rows[-1])
@@ -108,7 +108,7 @@ def _baselines(s: _Setup, full: np.ndarray, ablated: np.ndarray) -> dict[str, np
         out["corrupted"] = s.metric(run_variants(
             s.model, s.enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None,
             tokens=s.enc.corrupted, lengths=s.enc.corrupted_lengths, batch_size=s.batch_size,
-            ref_logprobs=s.ref_logprobs, answer_logits_only=s.metric.answer_logits_only))[0]
+            ref_logprobs=s.ref_logprobs, reads=s.metric.reads or None))[0]
     return out
 
 

@@ -20,7 +20,7 @@ class Metric:
     needs_wrong: bool = False
     needs_sets: bool = False
     needs_reference: bool = False  # needs the full model's distribution (KL)
-    answer_logits_only: bool = False  # reads two logits, so the rest need not be computed
+    reads: tuple[str, ...] = ()  # the Readout fields fn reads (the rest need not be computed)
 
     def __call__(self, readout: Readout) -> np.ndarray:
         return self.fn(readout)
@@ -39,16 +39,18 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
         Metric("logit_diff", "logit(answer) - logit(wrong_answer) at 'end'", _logit_diff, True,
-               answer_logits_only=True),
-        Metric("prob", "p(answer) at 'end'", lambda r: r.logprob.exp().numpy().astype(float)),
-        Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float)),
+               reads=("logit", "wrong_logit")),
+        Metric("prob", "p(answer) at 'end'", lambda r: r.logprob.exp().numpy().astype(float),
+               reads=("logprob",)),
+        Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float),
+               reads=("logprob",)),
         Metric("top1", "top-1 success (argmax = answer) at 'end'",
-               lambda r: r.correct.numpy().astype(float)),
+               lambda r: r.correct.numpy().astype(float), reads=("correct",)),
         Metric("prob_diff", "p(good tokens) - p(bad tokens) at 'end'", _prob_diff,
-               needs_sets=True),
+               needs_sets=True, reads=("good_prob", "bad_prob")),
         Metric("kl", "-KL(full model || variant) of the next-token distribution at 'end' "
                "(0 = the full model; use normalize='ablated')",
-               lambda r: -r.kl.numpy().astype(float), needs_reference=True),
+               lambda r: -r.kl.numpy().astype(float), needs_reference=True, reads=("kl",)),
     ]
 }
 

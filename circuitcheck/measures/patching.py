@@ -274,7 +274,7 @@ def _sweep(model: Any, s: _Setup, component: str, per_position: bool,
     source = {l: src_acts[hook_name(component, l)] for l in range(L)}
     base_resid = {int(n.split(".")[1]): a for n, a in base_acts.items()}
     out = run_patches(model, enc, patches, component, direction, source, base_resid,
-                      batch_size=batch_size, answer_logits_only=s.metric.answer_logits_only)
+                      batch_size=batch_size, reads=s.metric.reads or None)
     vals = s.metric(out)
     cells = int(np.prod(shape))
     pp = np.full((cells, enc.n), np.nan)
@@ -348,7 +348,7 @@ def patch_head_set(model: Any, task: Task, heads: Any, *, component: str = "z",
     source = {l: src_acts[hook_name(component, l)] for l in range(L) if layer_mask[l]}
     base_resid = {first: base_acts[f"blocks.{first}.hook_resid_pre"]} if first > 0 else {}
     out = run_patches(model, enc, patches, component, direction, source, base_resid,
-                      batch_size=batch_size, answer_logits_only=s.metric.answer_logits_only)
+                      batch_size=batch_size, reads=s.metric.reads or None)
     clean, corr = (src_read, base_read) if direction == "denoise" else (base_read, src_read)
     return s.metric(out), clean, corr
 

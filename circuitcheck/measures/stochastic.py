@@ -269,7 +269,7 @@ def stochastic_ablation(
             prompt = torch.arange(len(metric_all), target) % enc.n
             readout = run_variants(model, enc, Variants(masks), values, prompt_of=prompt,
                                    batch_size=batch_size, progress=bar,
-                                   answer_logits_only=m.answer_logits_only)
+                                   reads=m.reads or None)
             masks_all = np.concatenate([masks_all, masks.numpy()])
             metric_all = np.concatenate([metric_all, m(readout)[:, 0]])
             prompt_all = np.concatenate([prompt_all, prompt.numpy()])
