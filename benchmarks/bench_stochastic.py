@@ -69,7 +69,9 @@ def main() -> None:
         "loop": lambda: notebook_trials(model, enc, n_loop, 0.3),
         "cc": lambda: cc.stochastic_ablation(model, task, trials=n_batched,
                                              exclusion_keep_prob=None, ablation="zero"),
-        "fwd": lambda: run_variants(model, enc, Variants(masks), zero, prompt_of=prompt_of),
+        # as stochastic_ablation runs it: top-1 reads only whether the argmax is the answer
+        "fwd": lambda: run_variants(model, enc, Variants(masks), zero, prompt_of=prompt_of,
+                                    reads=("correct",)),
     }, args.device)
     t_loop, t_cc, t_fwd = med["loop"] / n_loop, med["cc"] / n_batched, med["fwd"] / n_batched
     tokens = float(enc.lengths.float().mean())

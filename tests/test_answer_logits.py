@@ -27,6 +27,16 @@ def test_same_logits_as_the_full_readout(tiny):
     torch.testing.assert_close(only.wrong_logit, full.wrong_logit, rtol=1e-4, atol=1e-4)
     top1 = run_variants(tiny, enc, Variants(masks), values, reads=("correct",))
     assert top1.logprob is None and torch.equal(top1.correct, full.correct)
+    # log-prob and top-1 streamed over vocabulary slices (running max / log-sum-exp)
+    import circuitcheck.interventions.ablation as A
+
+    chunk, A.VOCAB_CHUNK = A.VOCAB_CHUNK, 7  # many slices, a ragged last one
+    try:
+        lp = run_variants(tiny, enc, Variants(masks), values, reads=("logprob", "correct"))
+    finally:
+        A.VOCAB_CHUNK = chunk
+    torch.testing.assert_close(lp.logprob, full.logprob, rtol=1e-5, atol=1e-5)
+    assert torch.equal(lp.correct, full.correct) and lp.kl is None
 
 
 def test_measurements_agree_with_a_metric_reading_full_logits(tiny):

@@ -288,14 +288,17 @@ def answer_ids(enc: EncodedTask, prompts: "torch.Tensor") -> "torch.Tensor":
 
 
 def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list,
-                 ids: "torch.Tensor | None" = None) -> "torch.Tensor":
+                 ids: "torch.Tensor | bool | None" = None) -> "torch.Tensor":
     """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere
     else. With ``ids`` ([B, k]) only those logits are computed ([B, k]; see
-    ``answer_logits_exact``): the pass stops before the unembedding."""
+    ``answer_logits_exact``): the pass stops before the unembedding; ``ids=False`` returns
+    the final residual there ([B, d_model])."""
     device = model.cfg.device
     P = int(lens.max())  # less work: trim padding shared by the whole chunk
     hook = last_token_hook((lens - 1).to(device), stop=ids is not None)
     out = model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
+    if ids is False:
+        return out  # the final residual, [B, d_model]
     return out.float() if ids is None else selected_logits(model, out, ids)
 
 
@@ -322,6 +325,43 @@ def selected_logits(model: Any, resid: "torch.Tensor", ids: "torch.Tensor") -> "
     out = (resid.float()[:, None, :] * w.float()).sum(-1)
     if unembed.bias is not None:
         out = out + unembed.bias[ids.to(unembed.bias.device)].float()
+    return out
+
+
+#: Vocabulary rows per slice when streaming the unembedding (a [B, 8192] slice stays in cache).
+VOCAB_CHUNK = 8192
+
+
+def streamed_readout(model: Any, resid: "torch.Tensor", ids: "torch.Tensor"
+                     ) -> dict[str, "torch.Tensor"]:
+    """Answer (and wrong-answer) logit, log-prob of the answer and top-1 success from the
+    final residual, unembedding the vocabulary a slice at a time with a running max/argmax
+    and log-sum-exp: the same numbers as from full logits, without writing and re-reading
+    [B, d_vocab] of them (on a CPU that costs about as much as the unembedding's last third).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    unembed = model.unembed.original_component
+    w, b = unembed.weight, unembed.bias
+    B = resid.shape[0]
+    best = torch.full((B,), -torch.inf, device=resid.device)
+    arg = torch.zeros(B, dtype=torch.long, device=resid.device)
+    total = torch.zeros(B, device=resid.device)
+    for s in range(0, w.shape[0], VOCAB_CHUNK):
+        lo = F.linear(resid, w[s:s + VOCAB_CHUNK],
+                      None if b is None else b[s:s + VOCAB_CHUNK]).float()
+        i = lo.argmax(-1)
+        m = lo.gather(1, i[:, None])[:, 0]
+        new = torch.maximum(best, m)
+        total = total * torch.exp(best - new) + torch.exp(lo - new[:, None]).sum(-1)
+        arg = torch.where(m > best, i + s, arg)
+        best = new
+    sel = selected_logits(model, resid, ids)
+    out = {"logit": sel[:, 0].cpu(), "logprob": (sel[:, 0] - best - total.log()).cpu(),
+           "correct": (arg == ids[:, 0].to(arg.device)).cpu()}
+    if ids.shape[1] > 1:
+        out["wrong_logit"] = sel[:, 1].cpu()
     return out
 
 
@@ -379,6 +419,8 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
     n_rows = V * N if prompt_of is None else V
     want, only = read_plan(model, reads, ref_logprobs is not None)
+    streamed = (not only and want <= ANSWER_LOGITS | {"logprob", "correct"}
+                and torch.device(str(device)).type == "cpu" and answer_logits_exact(model))
     out_logit = torch.empty(n_rows)
     out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
     out_lp = torch.empty(n_rows) if "logprob" in want else None
@@ -408,6 +450,17 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
                 out_logit[rows] = both[:, 0]
                 if out_wrong is not None:
                     out_wrong[rows] = both[:, 1]
+                if progress is not None:
+                    progress(len(rows))
+                continue
+            if streamed:  # top-1 / log-prob without materialising [B, d_vocab] logits
+                resid = _read_logits(model, toks[p_idx], lens[p_idx], hooks, ids=False)
+                got = streamed_readout(model, resid, answer_ids(enc, p_idx))
+                out_logit[rows] = got["logit"]
+                for out, key in ((out_wrong, "wrong_logit"), (out_lp, "logprob"),
+                                 (out_ok, "correct")):
+                    if out is not None:
+                        out[rows] = got[key]
                 if progress is not None:
                     progress(len(rows))
                 continue
