@@ -260,7 +260,8 @@ def final_logprobs(model: Any, enc: EncodedTask, *, batch_size: int | None = Non
     with torch.inference_mode():
         for start in range(0, enc.n, bs):
             idx = torch.arange(start, min(start + bs, enc.n))
-            out.append(_read_logits(model, enc.tokens[idx], enc.lengths[idx], []).log_softmax(-1).cpu())
+            last = _read_last(model, enc.tokens[idx], enc.lengths[idx], [], stop=False)
+            out.append(last.float().log_softmax(-1).cpu())
     return torch.cat(out)
 
 
@@ -270,13 +271,20 @@ READ_ALL = ANSWER_LOGITS | {"logprob", "correct", "good_prob", "bad_prob", "kl"}
 
 
 def read_plan(model: Any, reads: "Collection[str] | None", with_kl: bool = False
-              ) -> tuple[frozenset[str], bool]:
-    """The readout fields to compute, and whether the answer logits alone are read without
-    the unembedding (only those are wanted and ``answer_logits_exact`` allows it)."""
+              ) -> tuple[frozenset[str], str]:
+    """The readout fields to compute, and how (``readout``'s ``how``): ``"answers"``, two rows
+    of W_U per prompt and no unembedding, when only the answer logits are read; on a CPU,
+    ``"streamed"`` when top-1/log-prob are read too; else ``"logits"``. The first two need
+    ``answer_logits_exact``."""
     want = READ_ALL if reads is None else frozenset(reads) | {"logit"}
     if with_kl:
         want |= {"kl"}
-    return want, want <= ANSWER_LOGITS and answer_logits_exact(model)
+    cpu = str(model.cfg.device).startswith("cpu")
+    if want <= ANSWER_LOGITS and answer_logits_exact(model):
+        return want, "answers"
+    if cpu and want <= ANSWER_LOGITS | {"logprob", "correct"} and answer_logits_exact(model):
+        return want, "streamed"
+    return want, "logits"
 
 
 def answer_ids(enc: EncodedTask, prompts: "torch.Tensor") -> "torch.Tensor":
@@ -287,19 +295,69 @@ def answer_ids(enc: EncodedTask, prompts: "torch.Tensor") -> "torch.Tensor":
     return torch.stack(ids, 1)
 
 
-def _read_logits(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list,
-                 ids: "torch.Tensor | bool | None" = None) -> "torch.Tensor":
-    """Logits at each row's last token only ([B, d_vocab]): unembedding work is done nowhere
-    else. With ``ids`` ([B, k]) only those logits are computed ([B, k]; see
-    ``answer_logits_exact``): the pass stops before the unembedding; ``ids=False`` returns
-    the final residual there ([B, d_model])."""
+def readout(model: Any, final: "torch.Tensor", enc: EncodedTask, prompts: "torch.Tensor",
+            want: "Collection[str]" = READ_ALL, how: str = "logits",
+            ref_logprobs: "torch.Tensor | None" = None) -> dict[str, "torch.Tensor"]:
+    """The fields ``want`` of the rows reading ``prompts``, on the CPU, from ``final``: each
+    row's last-token logits [B, d_vocab] (``how="logits"``) or its final residual [B, d_model]
+    (``"answers"``/``"streamed"``, see ``read_plan``). Fields not wanted are left out."""
+    import torch
+
+    if how == "answers":
+        sel = selected_logits(model, final, answer_ids(enc, prompts)).cpu()
+        return {"logit": sel[:, 0]} | ({"wrong_logit": sel[:, 1]} if enc.wrong is not None else {})
+    if how == "streamed":
+        got = streamed_readout(model, final, answer_ids(enc, prompts))
+        return {k: v for k, v in got.items() if k in want}
+    logits = final.float()
+    device = logits.device
+    sel = torch.arange(len(prompts), device=device)
+    ans = enc.answers[prompts].to(device)
+    a = logits[sel, ans]
+    out = {"logit": a.cpu()}
+    if "logprob" in want:
+        out["logprob"] = (a - torch.logsumexp(logits, -1)).cpu()
+    if "correct" in want:
+        out["correct"] = (logits.argmax(-1) == ans).cpu()
+    if enc.wrong is not None:
+        out["wrong_logit"] = logits[sel, enc.wrong[prompts].to(device)].cpu()
+    if want & {"good_prob", "bad_prob"} and (enc.good is not None or enc.bad is not None):
+        probs = logits.softmax(-1)
+        for key, mask in (("good_prob", enc.good), ("bad_prob", enc.bad)):
+            if mask is not None:
+                out[key] = (probs * mask[prompts].to(device)).sum(-1).cpu()
+    if ref_logprobs is not None:
+        ref = ref_logprobs[prompts].to(device)
+        out["kl"] = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).cpu()
+    return out
+
+
+def as_readout(parts: list[tuple["torch.Tensor", dict[str, "torch.Tensor"]]], n_rows: int,
+               shape: tuple[int, ...] | None = None) -> Readout:
+    """Assemble per-batch readouts (row indices, fields) into one ``Readout`` of [n_rows]
+    (viewed as ``shape``)."""
+    import torch
+
+    keys = parts[0][1].keys() if parts else ("logit", "logprob", "correct")
+    full: dict[str, torch.Tensor] = {}
+    for key in keys:
+        t = torch.zeros(n_rows, dtype=torch.bool if key == "correct" else torch.float32)
+        for rows, vals in parts:
+            t[rows] = vals[key]
+        full[key] = t if shape is None else t.view(shape)
+    return Readout(full["logit"], full.get("wrong_logit"), full.get("logprob"),
+                   full.get("correct"), full.get("good_prob"), full.get("bad_prob"),
+                   full.get("kl"))
+
+
+def _read_last(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: list, *,
+               stop: bool) -> "torch.Tensor":
+    """Each row's last token only: its logits [B, d_vocab] (unembedding work is done nowhere
+    else) or, with ``stop``, its final residual [B, d_model] (no unembedding at all)."""
     device = model.cfg.device
     P = int(lens.max())  # less work: trim padding shared by the whole chunk
-    hook = last_token_hook((lens - 1).to(device), stop=ids is not None)
-    out = model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
-    if ids is False:
-        return out  # the final residual, [B, d_model]
-    return out.float() if ids is None else selected_logits(model, out, ids)
+    hook = last_token_hook((lens - 1).to(device), stop=stop)
+    return model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
 
 
 def last_token_hook(last: "torch.Tensor", *, stop: bool = False) -> tuple[str, Callable]:
@@ -382,7 +440,8 @@ def answer_logits_exact(model: Any) -> bool:
         ids = torch.tensor([[int(i * 7919) % V for i in range(1, 9)]])
         with torch.inference_mode():
             full = model(ids.to(model.cfg.device))[:, -1].float()
-            sel = _read_logits(model, ids, torch.tensor([8]), [], ids=torch.arange(V)[None])
+            resid = _read_last(model, ids, torch.tensor([8]), [], stop=True)
+            sel = selected_logits(model, resid, torch.arange(V)[None])
         ok = bool(torch.allclose(sel, full, rtol=1e-4, atol=1e-4 * float(full.abs().max())))
     model.__dict__["cc_answer_logits"] = ok
     return ok
@@ -418,18 +477,9 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
         pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
     invert = variants.invert if variants.invert is not None else torch.zeros(V, dtype=torch.bool)
     n_rows = V * N if prompt_of is None else V
-    want, only = read_plan(model, reads, ref_logprobs is not None)
-    streamed = (not only and want <= ANSWER_LOGITS | {"logprob", "correct"}
-                and torch.device(str(device)).type == "cpu" and answer_logits_exact(model))
-    out_logit = torch.empty(n_rows)
-    out_wrong = torch.empty(n_rows) if enc.wrong is not None else None
-    out_lp = torch.empty(n_rows) if "logprob" in want else None
-    out_ok = torch.empty(n_rows, dtype=torch.bool) if "correct" in want else None
-    out_good = torch.empty(n_rows) if enc.good is not None and "good_prob" in want else None
-    out_bad = torch.empty(n_rows) if enc.bad is not None and "bad_prob" in want else None
-    out_kl = torch.empty(n_rows) if ref_logprobs is not None else None
-    all_rows = torch.arange(n_rows)
-    all_prompts = all_rows % N if prompt_of is None else prompt_of
+    want, how = read_plan(model, reads, ref_logprobs is not None)
+    all_prompts = torch.arange(n_rows) % N if prompt_of is None else prompt_of
+    parts = []
     # less work: rows of similar length share a batch, so little padding is computed
     batches = length_batches(lens[all_prompts], bs, device=device,
                              fixed_rows=batch_size is not None)
@@ -444,53 +494,11 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
             if values is not None:
                 hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
                                         invert, device)
-            if only:
-                both = _read_logits(model, toks[p_idx], lens[p_idx], hooks,
-                                    ids=answer_ids(enc, p_idx)).cpu()
-                out_logit[rows] = both[:, 0]
-                if out_wrong is not None:
-                    out_wrong[rows] = both[:, 1]
-                if progress is not None:
-                    progress(len(rows))
-                continue
-            if streamed:  # top-1 / log-prob without materialising [B, d_vocab] logits
-                resid = _read_logits(model, toks[p_idx], lens[p_idx], hooks, ids=False)
-                got = streamed_readout(model, resid, answer_ids(enc, p_idx))
-                out_logit[rows] = got["logit"]
-                for out, key in ((out_wrong, "wrong_logit"), (out_lp, "logprob"),
-                                 (out_ok, "correct")):
-                    if out is not None:
-                        out[rows] = got[key]
-                if progress is not None:
-                    progress(len(rows))
-                continue
-            logits = _read_logits(model, toks[p_idx], lens[p_idx], hooks)
-            ans = enc.answers[p_idx].to(device)
-            sel = torch.arange(len(rows), device=device)
-            a_logit = logits[sel, ans]
-            out_logit[rows] = a_logit.cpu()
-            if out_lp is not None:
-                out_lp[rows] = (a_logit - torch.logsumexp(logits, -1)).cpu()
-            if out_ok is not None:
-                out_ok[rows] = (logits.argmax(-1) == ans).cpu()
-            if out_wrong is not None:
-                out_wrong[rows] = logits[sel, enc.wrong[p_idx].to(device)].cpu()
-            if out_good is not None or out_bad is not None:
-                probs = logits.softmax(-1)
-                for out, mask in ((out_good, enc.good), (out_bad, enc.bad)):
-                    if out is not None:
-                        out[rows] = (probs * mask[p_idx].to(device)).sum(-1).cpu()
-            if out_kl is not None:
-                ref = ref_logprobs[p_idx].to(device)
-                out_kl[rows] = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).cpu()
+            final = _read_last(model, toks[p_idx], lens[p_idx], hooks, stop=how != "logits")
+            parts.append((rows, readout(model, final, enc, p_idx, want, how, ref_logprobs)))
             if progress is not None:
                 progress(len(rows))
-    shape = (V, N) if prompt_of is None else (V, 1)
-    def view(t: "torch.Tensor | None") -> "torch.Tensor | None":
-        return None if t is None else t.view(shape)
-
-    return Readout(out_logit.view(shape), view(out_wrong), view(out_lp), view(out_ok),
-                   view(out_good), view(out_bad), view(out_kl))
+    return as_readout(parts, n_rows, (V, N) if prompt_of is None else (V, 1))
 
 
 def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
-from .ablation import (READ_ALL, Readout, answer_ids, last_token_hook, no_logits,
-                       read_plan, selected_logits)
+from .ablation import (Readout, as_readout, last_token_hook, no_logits, read_plan,
+                       readout)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -136,14 +136,10 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
         for start in range(0, tokens.shape[0], bs):
             prompts = torch.arange(start, min(start + bs, tokens.shape[0]))
             last = (lengths[prompts] - 1).to(model.cfg.device)
-
-            def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                return x[torch.arange(x.shape[0], device=x.device), last][:, None]
-
             logits = model.run_with_hooks(
                 tokens[prompts].to(model.cfg.device),
-                fwd_hooks=[(n, saver(store[n])) for n in store] + [("unembed.hook_in", read_last)])
-            parts.append((prompts, readout_from_logits(logits[:, 0], enc, prompts)))
+                fwd_hooks=[(n, saver(store[n])) for n in store] + [last_token_hook(last)])
+            parts.append((prompts, readout(model, logits[:, 0], enc, prompts)))
     return {n: torch.cat(v) for n, v in store.items()}, as_readout(parts, tokens.shape[0])
 
 
@@ -237,50 +233,6 @@ class Chunk:
     device: Any
 
 
-def readout_from_logits(logits: "torch.Tensor", enc: EncodedTask, prompts: "torch.Tensor",
-                        want: "Collection[str] | None" = None) -> dict[str, "torch.Tensor"]:
-    """Per-row answer logit, wrong logit, log-prob, top-1 and set probabilities (on CPU);
-    with ``want``, only those of them."""
-    import torch
-
-    logits = logits.float()
-    device = logits.device
-    sel = torch.arange(len(prompts), device=device)
-    ans = enc.answers[prompts].to(device)
-    a = logits[sel, ans]
-    want = READ_ALL if want is None else want
-    out = {"logit": a.cpu()}
-    if "logprob" in want:
-        out["logprob"] = (a - torch.logsumexp(logits, -1)).cpu()
-    if "correct" in want:
-        out["correct"] = (logits.argmax(-1) == ans).cpu()
-    if enc.wrong is not None:
-        out["wrong_logit"] = logits[sel, enc.wrong[prompts].to(device)].cpu()
-    if (enc.good is not None or enc.bad is not None) and want & {"good_prob", "bad_prob"}:
-        probs = logits.softmax(-1)
-        for key, mask in (("good_prob", enc.good), ("bad_prob", enc.bad)):
-            if mask is not None:
-                out[key] = (probs * mask[prompts].to(device)).sum(-1).cpu()
-    return out
-
-
-def as_readout(parts: list[tuple["torch.Tensor", dict[str, "torch.Tensor"]]], n_rows: int
-               ) -> Readout:
-    """Assemble per-chunk readouts (row indices, values) into one [R] ``Readout``."""
-    import torch
-
-    keys = parts[0][1].keys() if parts else ("logit", "logprob", "correct")
-    full: dict[str, torch.Tensor] = {}
-    for key in keys:
-        dtype = torch.bool if key == "correct" else torch.float32
-        t = torch.zeros(n_rows, dtype=dtype)
-        for rows, vals in parts:
-            t[rows] = vals[key]
-        full[key] = t
-    return Readout(full["logit"], full.get("wrong_logit"), full.get("logprob"),
-                   full.get("correct"), full.get("good_prob"), full.get("bad_prob"))
-
-
 def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              tokens: "torch.Tensor", lengths: "torch.Tensor",
              hooks: Callable[[Chunk], HookList],
@@ -309,7 +261,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     skip = skipping_is_exact(model) if bool((start_layer > 0).any()) else False
     device = model.cfg.device
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
-    want, only = read_plan(model, reads)
+    want, how = read_plan(model, reads)
     parts = []
     with torch.inference_mode():
         for layer in torch.unique(start_layer).tolist():
@@ -324,7 +276,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                 last = (lengths[prompts] - 1).to(device)
                 fwd = hooks(chunk)
                 if stop_at_layer is None:
-                    fwd.append(last_token_hook(last, stop=only))
+                    fwd.append(last_token_hook(last, stop=how != "logits"))
                 kw = {"fwd_hooks": fwd, "stop_at_layer": stop_at_layer}
                 if layer == 0 and not resid_at_zero:
                     logits = model.run_with_hooks(tokens[prompts, :P].to(device), **kw)
@@ -333,12 +285,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                     ctx = skip_blocks(model, layer) if skip else contextlib.nullcontext()
                     with ctx:
                         logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
-                if stop_at_layer is None and only:
-                    both = selected_logits(model, logits[:, 0], answer_ids(enc, prompts)).cpu()
-                    parts.append((rows, {"logit": both[:, 0]} | (
-                        {"wrong_logit": both[:, 1]} if enc.wrong is not None else {})))
-                elif stop_at_layer is None:
-                    parts.append((rows, readout_from_logits(logits[:, 0], enc, prompts, want)))
+                if stop_at_layer is None:
+                    parts.append((rows, readout(model, logits[:, 0], enc, prompts, want, how)))
     return as_readout(parts, R) if stop_at_layer is None else None
 
 

@@ -80,13 +80,20 @@ def equivalence_test(circuit_rows: np.ndarray, full_rows: np.ndarray, *, epsilon
                           p, alpha, {"epsilon": epsilon, "se": se, "n": n})
 
 
+def _setup_one(model: Any, task: Task, circuit: Circuit, ablation: str, metric: str,
+               reference: str | None, seed: int | None, batch_size: int | None) -> Any:
+    """The shared setup of the tests below: one circuit, ratios to the full model (the
+    tests compute their own p-values, so the interval level is unused)."""
+    return _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed, 0.95,
+                  batch_size)
+
+
 def equivalence(model: Any, task: Task, circuit: Circuit, *, epsilon: float = 0.1,
                 alpha: float = 0.05, ablation: str = "mean", metric: str = "logit_diff",
                 reference: str | None = None, seed: int | None = None,
                 batch_size: int | None = None) -> HypothesisTest:
     """Is the circuit (everything else ablated) equivalent to the full model within ε?"""
-    s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed, 0.95,
-               batch_size)
+    s = _setup_one(model, task, circuit, ablation, metric, reference, seed, batch_size)
     rows, base = _metric_rows(s, [circuit], [False], with_baselines=True)
     return equivalence_test(rows[0], base["full"], epsilon=epsilon, alpha=alpha, seed=s.seed)
 
@@ -104,8 +111,7 @@ def localization(model: Any, task: Task, circuit: Circuit, *, n_random: int = 10
                  reference: str | None = None, seed: int | None = None,
                  batch_size: int | None = None) -> HypothesisTest:
     """Does removing the circuit hurt more than removing random sets of as many heads?"""
-    s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed, 0.95,
-               batch_size)
+    s = _setup_one(model, task, circuit, ablation, metric, reference, seed, batch_size)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     rng = np.random.default_rng(s.seed)
     sets = _random_sets(L, H, len(circuit), n_random, rng, exclude=set(circuit.heads))
@@ -125,8 +131,7 @@ def minimality_test(model: Any, task: Task, circuit: Circuit, *, n_random: int |
                     reference: str | None = None, seed: int | None = None,
                     batch_size: int | None = None) -> HypothesisTest:
     """Does every head of the circuit matter more than a random head outside it? (Holm)"""
-    s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed, 0.95,
-               batch_size)
+    s = _setup_one(model, task, circuit, ablation, metric, reference, seed, batch_size)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads = list(circuit.heads)
     outside = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(heads)]

@@ -24,11 +24,11 @@ import numpy as np
 from ..circuit import Head, format_head, parse_head
 from ..errors import CircuitCheckError, CircuitError
 from ..interventions import Readout
+from ..interventions.ablation import as_readout, readout
 from ..interventions.attention import check_mode, run_attention_ablation
 from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Chunk, HookList,
-                                      Patches, as_readout, cache_run, check_component,
-                                      check_direction, check_paired, hook_name, n_units,
-                                      readout_from_logits, run_patches, run_rows)
+                                      Patches, cache_run, check_component, check_direction,
+                                      check_paired, hook_name, n_units, run_patches, run_rows)
 from ..stats import bootstrap_ci
 from ..tasks import EncodedTask, Task
 from ._measurement import Measurement
@@ -420,7 +420,7 @@ def attribution_patch_heads(model: Any, task: Task, *, component: str = "z",
         if per_position:  # chunks trim padding differently: pad back to the task's length
             chunk = torch.nn.functional.pad(chunk, (0, 0, 0, P - chunk.shape[2]))
         attr.append(chunk)
-        parts.append((prompts, readout_from_logits(logits, enc, prompts)))
+        parts.append((prompts, readout(model, logits, enc, prompts)))
     base_read = as_readout(parts, N)
     est = torch.cat(attr).numpy().astype(float)  # [N, L, (P,) U]
     base_metric = s.metric(base_read)
