@@ -20,6 +20,7 @@ from .errors import CircuitError
 from .measures import (Measurement, compare_selection, equivalence, faithfulness, head_drops,
                        head_scores, localization, minimality_test, necessity,
                        stochastic_ablation, sweep)
+from .measures.stochastic import _z
 from .tasks import Task
 
 HOLDS, FAILED, INCONCLUSIVE, UNMEASURABLE = "held", "failed", "inconclusive", "unmeasurable"
@@ -95,14 +96,17 @@ def _conclude(entry: dict[str, Any], ok: bool, failure: Callable[[], str]) -> No
 
 
 def _finish(name: str, m: Measurement, op: str, threshold: float, drops_fn: Any = None,
-            allow_inconclusive: bool = False) -> Measurement:
+            allow_inconclusive: bool = False, extra: list[str] | tuple = ()) -> Measurement:
+    """Decide the claim from ``m``'s interval and record it; ``extra`` lines go right under
+    the message's first line."""
     __tracebackhide__ = True  # pytest shows the claim, not our frames
     v = verdict(m, **({"at_least": threshold} if op == ">=" else {"at_most": threshold}))
     ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
 
     def story() -> str:
         drops = drops_fn() if drops_fn is not None and v != UNMEASURABLE else None
-        return claim_message(name, m, v, op, threshold, drops)
+        lines = claim_message(name, m, v, op, threshold, drops).split("\n")
+        return "\n".join(lines[:1] + list(extra) + lines[1:])
 
     _conclude({"claim": name, "kind": m.kind, "verdict": v, "op": op, "threshold": threshold,
                "measurement": m.to_dict()}, ok, story)
@@ -278,7 +282,7 @@ def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task) -> Non
     __tracebackhide__ = True
 
     se = test.details.get("se")
-    z = 1.959963984540054
+    z = _z(0.95)
     ci = (test.statistic - z * se, test.statistic + z * se) if se else (float("nan"),) * 2
     m = Measurement(kind=test.name, value=test.statistic, ci=ci, per_prompt=np.array([]),
                     metric=f"p = {test.p_value:.3g} (alpha {test.alpha:g})",

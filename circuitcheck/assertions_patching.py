@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .assertions import HOLDS, INCONCLUSIVE, _check_threshold, _conclude, claim_message, verdict
+from .assertions import _check_threshold, _finish
 from .circuit import format_head, parse_head
 from .measures import Measurement
 from .measures.patching import attention_ablation_effect, direct_effect, patching_recovery
@@ -22,21 +22,6 @@ def _label(heads: Any) -> str:
                                   and all(isinstance(x, int) for x in heads)):
         heads = [heads]
     return ", ".join(format_head(parse_head(h)) for h in heads)
-
-
-def _finish(name: str, m: Measurement, threshold: float, extra: list[str],
-            allow_inconclusive: bool) -> Measurement:
-    __tracebackhide__ = True
-    v = verdict(m, at_least=threshold)
-    ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
-
-    def story() -> str:
-        lines = claim_message(name, m, v, ">=", threshold).split("\n")
-        return "\n".join(lines[:1] + extra + lines[1:])
-
-    _conclude({"claim": name, "kind": m.kind, "verdict": v, "op": ">=", "threshold": threshold,
-               "measurement": m.to_dict()}, ok, story)
-    return m
 
 
 def assert_patching_recovers(model: Any, task: Task, heads: Any, *, at_least: float,
@@ -58,7 +43,7 @@ def assert_patching_recovers(model: Any, task: Task, heads: Any, *, at_least: fl
     if m.details.get("top"):
         extra.append("  best single heads  " + ", ".join(f"{h} {v:+.2f}"
                                                         for h, v in m.details["top"]))
-    return _finish(claim, m, at_least, extra, allow_inconclusive)
+    return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
 def assert_direct_effect(model: Any, task: Task, heads: Any, *, at_least: float,
@@ -78,7 +63,7 @@ def assert_direct_effect(model: Any, task: Task, heads: Any, *, at_least: float,
              "W_U[wrong]",
              "  largest direct effects  " + ", ".join(f"{format_head(hd)} {v:+.2f}"
                                                       for v, hd in ranked)]
-    return _finish(claim, m, at_least, extra, allow_inconclusive)
+    return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
 def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
@@ -101,7 +86,8 @@ def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
     extra = [f"  ablated    {label}: loss +{b['chosen ablated'] - b['clean loss']:.3f} nats; "
              f"{len(r)} random sets of as many heads: +{b['random ablated'] - b['clean loss']:.3f}"
              f" on average (p = {m.details['p_value']:.3g} that random sets do as much)"]
-    return _finish(claim, m, over_random_by, extra, allow_inconclusive)
+    return _finish(claim, m, ">=", over_random_by, allow_inconclusive=allow_inconclusive,
+                   extra=extra)
 
 
 __all__ = ["assert_attention_ablation_effect", "assert_direct_effect",

@@ -36,13 +36,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def mean_attention_scores(model: Any, enc: EncodedTask, layers: list[int], *,
-                          batch_size: int | None = None) -> dict[int, "torch.Tensor"]:
-    """Per layer, the mean attention score [H, P, P] over prompts long enough for each query."""
+def mean_scores(acts: dict[str, "torch.Tensor"], enc: EncodedTask, layers: list[int]
+                ) -> dict[int, "torch.Tensor"]:
+    """Per layer, the mean attention score [H, P, P] over prompts long enough for each query,
+    from the cached ``hook_attn_scores`` in ``acts``."""
     import torch
 
-    acts = cache_activations(model, enc.tokens, [f"blocks.{l}.attn.hook_attn_scores"
-                                                 for l in layers], batch_size=batch_size)
     P = enc.tokens.shape[1]
     valid = (torch.arange(P)[None, :] < enc.lengths[:, None])  # [N, P] queries that exist
     out = {}
@@ -105,12 +104,15 @@ def run_attention_ablation(model: Any, enc: EncodedTask, masks: "torch.Tensor", 
         raise CircuitCheckError(f"head masks must be [V, {model.cfg.n_layers}, "
                                 f"{model.cfg.n_heads}], got {list(masks.shape)}")
     layers = sorted({int(l) for l in masks.any(2).any(0).nonzero().flatten().tolist()})
-    mean = mean_attention_scores(model, enc, layers, batch_size=batch_size) if (
-        mode == "mean" and layers) else None
     first = torch.where(masks.any(2), torch.arange(L), L).min(1).values.clamp(max=L - 1)  # [V]
     starts = sorted({int(x) for x in first.tolist() if x > 0})
-    resid = cache_activations(model, enc.tokens, [f"blocks.{l}.hook_resid_pre" for l in starts],
-                              batch_size=batch_size) if starts else {}
+    # one clean pass caches the start residuals (and, for mean scores, the attention scores)
+    score_names = [f"blocks.{l}.attn.hook_attn_scores" for l in layers] if mode == "mean" else []
+    resid_names = [f"blocks.{l}.hook_resid_pre" for l in starts]
+    acts = cache_activations(model, enc.tokens, score_names + resid_names,
+                             batch_size=batch_size) if score_names or resid_names else {}
+    mean = mean_scores(acts, enc, layers) if score_names else None
+    resid = {n: acts[n] for n in resid_names}
     variant = torch.arange(V).repeat_interleave(N)
     prompt_of = torch.arange(N).repeat(V)
 
