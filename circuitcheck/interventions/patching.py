@@ -102,8 +102,7 @@ def saver(into: list) -> Callable[..., None]:
 
 
 def cache_activations(model: Any, tokens: "torch.Tensor", names: Sequence[str], *,
-                      batch_size: int | None = None, stop_at_layer: int | None = None
-                      ) -> dict[str, "torch.Tensor"]:
+                      batch_size: int | None = None) -> dict[str, "torch.Tensor"]:
     """The activations ``names`` on ``tokens`` (all rows), batched, kept on the model's device."""
     import torch
 
@@ -114,11 +113,8 @@ def cache_activations(model: Any, tokens: "torch.Tensor", names: Sequence[str], 
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], bs):
             chunk = tokens[start:start + bs].to(model.cfg.device)
-            hooks = [(n, saver(store[n])) for n in wanted]
-            if stop_at_layer is None:
-                hooks.append(no_logits())
-            model.run_with_hooks(chunk, fwd_hooks=hooks, return_type=None,
-                                 stop_at_layer=stop_at_layer)
+            model.run_with_hooks(chunk, fwd_hooks=[*((n, saver(store[n])) for n in wanted),
+                                                   no_logits()], return_type=None)
     return {n: torch.cat(v) for n, v in store.items()}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..circuit import Head, format_head, parse_head
 from ..errors import CircuitCheckError, CircuitError
 from ..interventions import Readout
-from ..interventions.ablation import as_readout, readout
+from ..interventions.ablation import as_readout, last_token_hook, readout
 from ..interventions.attention import check_mode, run_attention_ablation
 from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Chunk, HookList,
                                       Patches, cache_run, check_component, check_direction,
@@ -467,14 +467,11 @@ def _forward_backward(model: Any, enc: EncodedTask, tokens: "torch.Tensor",
             return x
         return hook
 
-    def read_last(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        return x[torch.arange(x.shape[0], device=x.device), last][:, None]
-
     with torch.enable_grad():
         logits = model.run_with_hooks(
             tokens[prompts, :P].to(device),
             fwd_hooks=[("blocks.0.hook_resid_pre", root)] + [(n, save(n)) for n in names]
-            + [("unembed.hook_in", read_last)])[:, 0]
+            + [last_token_hook(last)])[:, 0]
         value = _torch_metric(metric, logits.float(), enc, prompts)
         grads = torch.autograd.grad(value.sum(), [saved[n] for n in names], allow_unused=True)
     out = {}
@@ -609,7 +606,7 @@ def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[
     stop = None if final or recv_layers[-1] + 1 >= L else recv_layers[-1] + 1
     step2 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
                      hooks=freeze_hooks, start_layer=first[variant], start_resid=start_resid,
-                     stop_at_layer=stop, batch_size=batch_size)
+                     stop_at_layer=stop, batch_size=batch_size, reads=s.metric.reads or None)
     if final:
         return s.metric(step2).reshape(V, N), clean_read, corr_read
     pos_mask = torch.ones(N, P, dtype=torch.bool)
@@ -636,7 +633,7 @@ def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[
     start3 = torch.full((R,), recv_layers[0], dtype=torch.long)
     step3 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
                      hooks=receive_hooks, start_layer=start3, start_resid=start_resid,
-                     batch_size=batch_size)
+                     batch_size=batch_size, reads=s.metric.reads or None)
     return s.metric(step3).reshape(V, N), clean_read, corr_read
 
 
