@@ -157,23 +157,3 @@ def induction_training_batch(
         seqs.append(seq + tail)
         masks.append(mask + [0] * len(tail))
     return seqs, masks
-
-
-def skip_bigram_batch(
-    perm: dict[int, int], batch: int, n_ctx: int, rng: random.Random, bos_id: int
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Auxiliary sequences ``[BOS] a b p(a) p(b) p(p(a)) ...`` (``x[i+1] = perm[x[i-1]]``), plus loss masks.
-
-    Predicting them needs attention to exactly the previous token, so mixing a
-    few of them into training rewards a sharp previous-token head (as bigram
-    statistics do in natural text) instead of a smeared look-back window.
-    """
-    words = list(perm)
-    seqs, masks = [], []
-    for _ in range(batch):
-        seq = [bos_id, rng.choice(words), rng.choice(words)]
-        while len(seq) < n_ctx:
-            seq.append(perm[seq[-2]])
-        seqs.append(seq)
-        masks.append([0, 0] + [1] * (n_ctx - 3) + [0])
-    return seqs, masks

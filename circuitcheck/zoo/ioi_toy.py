@@ -275,8 +275,7 @@ def analyse(out_dir: Path) -> dict[str, Any]:
         "faithfulness_name_movers_alone": _m(f_nm),
         "head_drops": {f"{h[0]}.{h[1]}": round(v, 4) for h, v in drops.items()},
         "claim": f"faithfulness (mean-by-template, logit_diff) >= {FAITHFUL_AT_LEAST}",
-        "claim_holds": bool(f.ci[0] >= FAITHFUL_AT_LEAST),
-        "bridge_matches_hf": True}
+        "claim_holds": bool(f.ci[0] >= FAITHFUL_AT_LEAST)}
     return res
 
 
@@ -343,8 +342,9 @@ GROUPS_EXPLAINED = {
 }
 
 
-def _check_bridge(out_dir: Path) -> None:
-    """The bridge's logits match the raw HF model on a few IOI prompts."""
+def _check_bridge(out_dir: Path) -> float:
+    """The bridge's logits match the raw HF model on a few IOI prompts: the largest
+    log-prob difference (raises above 1e-4)."""
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
@@ -353,16 +353,19 @@ def _check_bridge(out_dir: Path) -> None:
     model = cc.load_model(str(out_dir), device="cpu")
     hf = GPT2LMHeadModel.from_pretrained(str(out_dir)).eval()
     task = cc.tasks.ioi(model, n=8, seed=3)
+    worst = 0.0
     for prompt in task.prompts:  # one at a time: no padding
         toks = model.to_tokens(prompt)
         with torch.no_grad():
             a = model(toks)
             b = hf(toks).logits
         a, b = a.log_softmax(-1), b.log_softmax(-1)  # the bridge may centre the unembedding
-        if not torch.allclose(a, b, atol=1e-4):
-            raise RuntimeError(f"bridge and HF logits differ by {float((a - b).abs().max()):.3g}")
+        worst = max(worst, float((a - b).abs().max()))
+        if worst > 1e-4:
+            raise RuntimeError(f"bridge and HF logits differ by {worst:.3g}")
     tok = AutoTokenizer.from_pretrained(str(out_dir))
     assert tok.convert_ids_to_tokens(tok(" Mary")["input_ids"]) == ["Mary"]
+    return worst
 
 
 def build(out_dir: Path, log: Any = print) -> Path:
@@ -378,8 +381,9 @@ def build(out_dir: Path, log: Any = print) -> Path:
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        _check_bridge(tmp)
+        bridge_diff = _check_bridge(tmp)
         res = analyse(tmp)
+        res["circuit_measurements"]["bridge_matches_hf"] = bridge_diff <= 1e-4  # measured
         c = model.config
         card = {
             "name": NAME,
