@@ -10,33 +10,47 @@ such module gets the same function through one fused kernel (``F.layer_norm``,
 to an intermediate it skips and nothing else differs (no KV cache, no dropout, a plain
 causal mask); otherwise the bridge's own code runs. ``load_model`` installs these and checks
 the model's predictions did not move; ``disabled(model)`` runs without them.
+
+Padding is work too: batches of prompts of different lengths are padded to the longest, and
+an MLP (two thirds of a GPT-2 layer's FLOPs) is position-wise, so inside
+``real_tokens(model, lengths, width)`` GPT-2's and GPT-NeoX's MLPs run on the real tokens only.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformer_lens.hook_points import HookPoint
 
 
 def install(bridge: Any) -> Callable[[], None]:
     """Give ``bridge``'s layer norms, attention and GPT-2 GELUs their fast paths; returns
     a function that takes them all back out."""
     undo: list[Callable[[], None]] = []
+    padding = _Padding()
     for module in bridge.modules():
         if _plain_layer_norm(module):
             undo.append(_override(module, "forward", _layer_norm_forward))
         elif _plain_attention(module):
             undo.append(_override(module, "_reconstruct_attention", _attention_forward))
+        elif _positionwise_mlp(module):
+            mlp = module.original_component
+            inner = tuple(m for m in mlp.modules() if isinstance(m, HookPoint))
+            undo.append(_override(mlp, "forward", functools.partial(
+                _mlp_forward, padding, inner)))
         undo += _fuse_gelu(module)
 
     def remove() -> None:
         for fn in undo:
             fn()
+        bridge.__dict__.pop("cc_padding", None)
     bridge.cc_fastpath = remove
+    bridge.__dict__["cc_padding"] = padding
     return remove
 
 
@@ -52,6 +66,26 @@ def disabled(bridge: Any) -> Iterator[None]:
         yield
     finally:
         install(bridge)
+
+
+@contextlib.contextmanager
+def real_tokens(model: Any, lengths: torch.Tensor, width: int) -> Iterator[None]:
+    """Within: forward passes over ``len(lengths)`` rows of ``width`` tokens, row ``b``
+    right-padded after ``lengths[b]`` tokens, compute the MLPs at real tokens only (the
+    padding's MLP outputs are zero). Causal attention keeps padding out of real positions,
+    so nothing a caller reads changes; passes of any other shape are untouched."""
+    padding = getattr(model, "cc_padding", None)
+    if padding is None or lengths.numel() == 0 or int(lengths.min()) >= width:
+        yield
+        return
+    real = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+    before = padding.rows
+    padding.rows = (len(lengths), width,
+                    real.flatten().nonzero().flatten().to(model.cfg.device))
+    try:
+        yield
+    finally:
+        padding.rows = before
 
 
 def watched(*points: Any) -> bool:
@@ -150,6 +184,49 @@ def _is_causal_mask(mask: torch.Tensor | None, seq: int) -> bool:
         return bool((mask == tril).all())
     hidden = mask <= torch.finfo(mask.dtype).min / 2
     return bool((hidden == ~tril).all()) and not bool(mask.masked_fill(hidden, 0).any())
+
+
+# --- MLPs on real tokens only ---------------------------------------------------------------
+
+class _Padding:
+    """Which flat positions of the current [rows, width] pass are real tokens (None: all)."""
+
+    rows: tuple[int, int, torch.Tensor] | None = None
+
+
+def _positionwise_mlp(module: Any) -> bool:
+    """A bridge MLP that hands the whole input to a Hugging Face MLP acting on each position
+    alone (GPT-2's, GPT-NeoX/Pythia's). Gated MLPs (Llama) compute inside the bridge from
+    processed weights and keep its code."""
+    import importlib
+
+    from transformer_lens.model_bridge.generalized_components.mlp import MLPBridge
+
+    if not isinstance(module, MLPBridge) or type(module).forward is not MLPBridge.forward:
+        return False
+    inner = module.__dict__.get("_modules", {}).get("_original_component")
+    for mod, cls in (("gpt2", "GPT2MLP"), ("gpt_neox", "GPTNeoXMLP")):
+        try:
+            if isinstance(inner, getattr(importlib.import_module(
+                    f"transformers.models.{mod}.modeling_{mod}"), cls)):
+                return True
+        except (ImportError, AttributeError):  # pragma: no cover - other transformers versions
+            continue
+    return False
+
+
+def _mlp_forward(padding: _Padding, inner: tuple[Any, ...], self: Any,
+                 original: Callable[..., Any], x: torch.Tensor, *args: Any,
+                 **kwargs: Any) -> torch.Tensor:
+    """The MLP on the real tokens of a padded batch, gathered into one [1, n, d] row."""
+    rows = padding.rows
+    if (rows is None or args or kwargs or x.ndim != 3 or tuple(x.shape[:2]) != rows[:2]
+            or watched(*inner)):
+        return original(self, x, *args, **kwargs)
+    B, P, d = x.shape
+    at = rows[2]
+    y = original(self, x.reshape(B * P, d).index_select(0, at)[None], *args, **kwargs)[0]
+    return y.new_zeros(B * P, y.shape[-1]).index_copy_(0, at, y).view(B, P, -1)
 
 
 # --- GELU ----------------------------------------------------------------------------------

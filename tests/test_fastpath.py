@@ -19,9 +19,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 def test_installed_where_the_bridge_computes_by_hand(tiny, arch):
     installed = {type(m).__name__ for m in tiny.modules()
                  if "forward" in m.__dict__ or "_reconstruct_attention" in m.__dict__}
-    if arch == "gpt2":  # layer norms and the fused-qkv attention
-        assert installed == {"NormalizationBridge", "JointQKVAttentionBridge"}
-    else:  # RMSNorm and rotary attention keep the bridge's code
+    if arch == "gpt2":  # layer norms, the fused-qkv attention, the MLP (on real tokens)
+        assert installed == {"NormalizationBridge", "JointQKVAttentionBridge", "GPT2MLP"}
+    else:  # RMSNorm, rotary attention and the gated MLP keep the bridge's code
         assert installed == set()
 
 
@@ -126,3 +126,47 @@ def test_causal_mask_recognised():
     biased[1, 0, 3, 0] = -2.0  # an additive bias (ALiBi-like) is not a plain causal mask
     assert not fastpath._is_causal_mask(biased, seq)
     assert not fastpath._is_causal_mask(hf, seq + 1)
+
+
+def _padded(model) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = _ids(model, batch=3, seq=9)
+    lens = torch.tensor([9, 4, 6])
+    return ids.masked_fill(torch.arange(9)[None] >= lens[:, None], 0), lens
+
+
+def _mlp_out(model, ids, hooks=()):
+    seen = {}
+    with torch.inference_mode():
+        logits = model.run_with_hooks(ids, fwd_hooks=[
+            *hooks, ("blocks.0.hook_mlp_out", lambda x, hook: seen.setdefault("out", x.clone()))])
+    return logits, seen["out"]
+
+
+def test_real_tokens_skips_the_padding_and_changes_no_real_position(tiny, arch):
+    if arch != "gpt2":
+        pytest.skip("no fast path on this architecture")
+    ids, lens = _padded(tiny)
+    plain, plain_out = _mlp_out(tiny, ids)
+    with fastpath.real_tokens(tiny, lens, 9):
+        fast, fast_out = _mlp_out(tiny, ids)
+    pad = torch.arange(9)[None] >= lens[:, None]
+    assert float(fast_out[pad].abs().max()) == 0.0  # the padding's MLP was not computed
+    assert float(plain_out[pad].abs().max()) > 0.0  # (it is without real_tokens)
+    for b, n in enumerate(lens.tolist()):
+        _close(fast[b, :n], plain[b, :n])
+        _close(fast_out[b, :n], plain_out[b, :n])
+
+
+def test_real_tokens_leaves_other_shapes_and_watched_mlps_alone(tiny):
+    ids, lens = _padded(tiny)
+    plain, plain_out = _mlp_out(tiny, ids)
+    with fastpath.real_tokens(tiny, lens, 9):
+        _, other = _mlp_out(tiny, ids[:2])  # not the announced [3, 9] batch
+        edit = [("blocks.0.mlp.hook_pre", lambda x, hook: x * 1.5)]
+        _, watched = _mlp_out(tiny, ids, edit)  # an inner hook sees the whole [3, 9, d_mlp]
+    _close(other, plain_out[:2])
+    _, watched_plain = _mlp_out(tiny, ids, edit)
+    _close(watched, watched_plain)
+    with fastpath.real_tokens(tiny, torch.tensor([9, 9, 9]), 9):  # no padding: no change
+        _, full = _mlp_out(tiny, ids)
+    _close(full, plain_out)

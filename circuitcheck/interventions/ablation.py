@@ -207,6 +207,8 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
     store: dict[str, list[torch.Tensor | None]] = {"z": [None] * L}
     if with_mlp:
         store["mlp"] = [None] * L
+    from ..fastpath import real_tokens
+
     N, P_all = toks.shape[0], toks.shape[1]
     device = model.cfg.device
     with torch.inference_mode():
@@ -220,9 +222,10 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
                     store[key][layer] = x.new_zeros((N, P_all) + x.shape[2:])
                 store[key][layer][at, :P] = x
 
-            model.run_with_hooks(toks[rows, :P].to(device),
-                                 fwd_hooks=[*((n, save) for n in names), no_logits()],
-                                 return_type=None)
+            with real_tokens(model, lens[rows], P):
+                model.run_with_hooks(toks[rows, :P].to(device),
+                                     fwd_hooks=[*((n, save) for n in names), no_logits()],
+                                     return_type=None)
     return store  # type: ignore[return-value]
 
 
@@ -354,10 +357,13 @@ def _read_last(model: Any, toks: "torch.Tensor", lens: "torch.Tensor", hooks: li
                stop: bool) -> "torch.Tensor":
     """Each row's last token only: its logits [B, d_vocab] (unembedding work is done nowhere
     else) or, with ``stop``, its final residual [B, d_model] (no unembedding at all)."""
+    from ..fastpath import real_tokens
+
     device = model.cfg.device
     P = int(lens.max())  # less work: trim padding shared by the whole chunk
     hook = last_token_hook((lens - 1).to(device), stop=stop)
-    return model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
+    with real_tokens(model, lens, P):
+        return model.run_with_hooks(toks[:, :P].to(device), fwd_hooks=[*hooks, hook])[:, 0]
 
 
 def last_token_hook(last: "torch.Tensor", *, stop: bool = False) -> tuple[str, Callable]:

@@ -124,6 +124,8 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
     ([N]), so a sweep's baselines cost no extra forward pass."""
     import torch
 
+    from ..fastpath import real_tokens
+
     store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
     parts = []
@@ -132,9 +134,10 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
         for start in range(0, tokens.shape[0], bs):
             prompts = torch.arange(start, min(start + bs, tokens.shape[0]))
             last = (lengths[prompts] - 1).to(model.cfg.device)
-            logits = model.run_with_hooks(
-                tokens[prompts].to(model.cfg.device),
-                fwd_hooks=[(n, saver(store[n])) for n in store] + [last_token_hook(last)])
+            with real_tokens(model, lengths[prompts], tokens.shape[1]):
+                logits = model.run_with_hooks(
+                    tokens[prompts].to(model.cfg.device),
+                    fwd_hooks=[(n, saver(store[n])) for n in store] + [last_token_hook(last)])
             parts.append((prompts, readout(model, logits[:, 0], enc, prompts)))
     return {n: torch.cat(v) for n, v in store.items()}, as_readout(parts, tokens.shape[0])
 
@@ -249,6 +252,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     """
     import torch
 
+    from ..fastpath import real_tokens
+
     R = int(prompt_of.shape[0])
     if start_layer is None:
         start_layer = torch.zeros(R, dtype=torch.long)
@@ -274,13 +279,14 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                 if stop_at_layer is None:
                     fwd.append(last_token_hook(last, stop=how != "logits"))
                 kw = {"fwd_hooks": fwd, "stop_at_layer": stop_at_layer}
-                if layer == 0 and not resid_at_zero:
-                    logits = model.run_with_hooks(tokens[prompts, :P].to(device), **kw)
-                else:
-                    resid = start_resid(chunk)
-                    ctx = skip_blocks(model, layer) if skip else contextlib.nullcontext()
-                    with ctx:
-                        logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
+                with real_tokens(model, lengths[prompts], P):
+                    if layer == 0 and not resid_at_zero:
+                        logits = model.run_with_hooks(tokens[prompts, :P].to(device), **kw)
+                    else:
+                        resid = start_resid(chunk)
+                        ctx = skip_blocks(model, layer) if skip else contextlib.nullcontext()
+                        with ctx:
+                            logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
                 if stop_at_layer is None:
                     parts.append((rows, readout(model, logits[:, 0], enc, prompts, want, how)))
     return as_readout(parts, R) if stop_at_layer is None else None
