@@ -93,7 +93,14 @@ def machine() -> str:
     import platform
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    cpu = platform.processor() or platform.machine()
+    try:  # the CPU's model name, where Linux says it
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name")) + f" ({platform.machine()})"
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}")
 
 
