@@ -130,11 +130,14 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
     parts = []
     lengths = enc.lengths
+    # the real tokens of ``tokens``' own rows (the clean or the corrupted prompts), if known
+    own = {id(enc.tokens): enc.lengths, id(enc.corrupted): enc.corrupted_lengths}.get(id(tokens))
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], bs):
             prompts = torch.arange(start, min(start + bs, tokens.shape[0]))
             last = (lengths[prompts] - 1).to(model.cfg.device)
-            with real_tokens(model, lengths[prompts], tokens.shape[1]):
+            with (real_tokens(model, own[prompts], tokens.shape[1]) if own is not None
+                  else contextlib.nullcontext()):
                 logits = model.run_with_hooks(
                     tokens[prompts].to(model.cfg.device),
                     fwd_hooks=[(n, saver(store[n])) for n in store] + [last_token_hook(last)])
