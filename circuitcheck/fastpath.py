@@ -204,7 +204,7 @@ def _positionwise_mlp(module: Any) -> bool:
 
     if not isinstance(module, MLPBridge) or type(module).forward is not MLPBridge.forward:
         return False
-    inner = module.__dict__.get("_modules", {}).get("_original_component")
+    inner = getattr(module, "original_component", None)
     for mod, cls in (("gpt2", "GPT2MLP"), ("gpt_neox", "GPTNeoXMLP")):
         try:
             if isinstance(inner, getattr(importlib.import_module(

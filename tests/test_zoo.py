@@ -144,11 +144,15 @@ def _untimed(value):
     return value
 
 
-def _shape(value, at: str = ""):
-    """A card's entries and list lengths, without its values (and without ``build``, the
-    provenance of one particular build)."""
+def _shape(card):
+    """A card's entries and list lengths, without its values or ``build`` (the provenance of
+    one particular build)."""
+    return _layout({k: v for k, v in card.items() if k != "build"})
+
+
+def _layout(value):
     if isinstance(value, dict):
-        return {k: _shape(v, k) for k, v in value.items() if not (at == "" and k == "build")}
+        return {k: _layout(v) for k, v in value.items()}
     if isinstance(value, list):
         return [len(value)]
     return type(value).__name__ if not isinstance(value, (int, float)) else "number"

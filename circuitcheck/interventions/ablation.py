@@ -200,6 +200,8 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
     the model's device: [N, P, ...] per layer, zero past each prompt's own length."""
     import torch
 
+    from ..fastpath import real_tokens
+
     L = model.cfg.n_layers
     names = {f"blocks.{l}.attn.hook_z": ("z", l) for l in range(L)}
     if with_mlp:
@@ -207,8 +209,6 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
     store: dict[str, list[torch.Tensor | None]] = {"z": [None] * L}
     if with_mlp:
         store["mlp"] = [None] * L
-    from ..fastpath import real_tokens
-
     N, P_all = toks.shape[0], toks.shape[1]
     device = model.cfg.device
     with torch.inference_mode():
