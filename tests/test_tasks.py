@@ -82,7 +82,10 @@ def test_induction_repeated_text(bpe_model):
     enc = task.encode(bpe_model)
     words = bpe_model.to_str_tokens("Mary gave a drink to John", prepend_bos=False)
     assert [bpe_model.to_string([a]) for a in task.answers] == words[1:]
-    assert int(enc.lengths[0]) == 1 + len(words) + 1
+    bos = 1 if bpe_model.cfg.default_prepend_bos else 0
+    assert int(enc.lengths[0]) == bos + len(words) + 1
+    first = int(enc.tokens[0, 0])
+    assert (first == bpe_model.tokenizer.bos_token_id) == bool(bos)
 
 
 def test_greater_than_sets(tiny, bpe_model):

@@ -35,8 +35,10 @@ def make_tokenizer(n_words: int = N_WORDS, model_max_length: int = 64) -> "PreTr
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab=build_vocab(n_words), unk_token=UNK))
+    vocab = build_vocab(n_words)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = bos_template(vocab[BOS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -45,6 +47,14 @@ def make_tokenizer(n_words: int = N_WORDS, model_max_length: int = 64) -> "PreTr
         unk_token=UNK,
         model_max_length=model_max_length,
     )
+
+
+def bos_template(bos_id: int) -> Any:
+    """The post-processor that starts every text with BOS: the zoo models were trained so."""
+    from tokenizers import processors
+
+    return processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                         special_tokens=[(BOS, bos_id)])
 
 
 def word_token_ids(vocab_info: Any) -> list[int]:

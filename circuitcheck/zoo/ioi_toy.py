@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .data import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+from .data import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, bos_template
 
 NAME = "ioi-toy"
 SEED = 0
@@ -72,8 +72,10 @@ def make_tokenizer(model_max_length: int = ARCH["n_positions"]) -> Any:
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab=build_vocab(), unk_token=UNK))
+    vocab = build_vocab()
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = _pretokenizer()
+    tok.post_processor = bos_template(vocab[BOS])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
                                    pad_token=PAD, unk_token=UNK, model_max_length=model_max_length)
@@ -364,7 +366,7 @@ def _check_bridge(out_dir: Path) -> float:
         if worst > 1e-4:
             raise RuntimeError(f"bridge and HF logits differ by {worst:.3g}")
     tok = AutoTokenizer.from_pretrained(str(out_dir))
-    assert tok.convert_ids_to_tokens(tok(" Mary")["input_ids"]) == ["Mary"]
+    assert tok.convert_ids_to_tokens(tok(" Mary")["input_ids"]) == [BOS, "Mary"]
     return worst
 
 
