@@ -35,6 +35,8 @@ _LAZY = {
     "localization": "circuitcheck.measures",
     "minimality_test": "circuitcheck.measures",
     "sweep": "circuitcheck.measures",
+    "task_quality": "circuitcheck.measures",
+    "TaskQuality": "circuitcheck.measures",
     "HeadScores": "circuitcheck.measures",
     "assert_head_score": "circuitcheck.assertions",
     "assert_important": "circuitcheck.assertions",

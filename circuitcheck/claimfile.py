@@ -158,7 +158,7 @@ def validate_task_spec(path: Path, task: Any, what: str) -> dict[str, Any]:
                 f"{_where(path, task, key)}: task builder {builder!r} has no argument {key!r}"
                 f"{did_you_mean(str(key), params)}; its arguments are {params}")
     out = dict(task)
-    if builder in ("jsonl", "csv") and "path" in out:
+    if builder in ("jsonl", "csv", "copying") and isinstance(out.get("path"), str):
         out["path"] = str((path.parent / out["path"]).resolve())
     return out
 

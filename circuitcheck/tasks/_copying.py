@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError
@@ -14,13 +15,18 @@ TRIPLES = (("Tom", "eats", "apples"), ("Mary", "reads", "books"), ("John", "drin
 
 
 def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
-            only_correct: bool = False, seed: int = 0) -> Task:
+            only_correct: bool = False, seed: int = 0, path: str | None = None) -> Task:
     """One prompt per (subject, verb, object): ``"S V O. S V"`` -> ``" O"``.
+
+    ``path``: a text file with one ``subject verb object`` line per prompt (``#`` comments),
+    read instead of ``triples`` (``circuits/data/copying_triples.txt`` holds seed 000's 60).
 
     The wrong answer is another triple's object, the corrupted prompt another triple's first
     sentence. With ``only_correct`` the prompts the full model does not complete (top-1) are
     dropped, and ``task.meta["dropped"]`` says how many.
     """
+    if path is not None:
+        triples = read_triples(path)
     if len(triples) < 2:
         raise TaskError("copying needs at least two (subject, verb, object) triples")
     rng = random.Random(seed)
@@ -37,6 +43,23 @@ def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
     if not only_correct:
         return task
     return keep_correct(model, task)
+
+
+def read_triples(path: str) -> list[tuple[str, str, str]]:
+    """``subject verb object`` per line; blank lines and ``#`` comments are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"copying triples file {path!r} cannot be read: {exc}") from None
+    out = []
+    for no, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 3:
+            raise TaskError(f"{path}:{no}: expected 'subject verb object', got {line.strip()!r}")
+        out.append((words[0], words[1], words[2]))
+    return out
 
 
 def keep_correct(model: Any, task: Task) -> Task:

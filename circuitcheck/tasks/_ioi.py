@@ -35,19 +35,33 @@ CORRUPTIONS = ("abc", "swap", None)
 
 def ioi(model: Any, n: int = 100, *, seed: int = 0, templates: str | Sequence[str] = "mixed",
         corrupt: str | None = "abc", names: Sequence[str] = NAMES,
-        places: Sequence[str] = PLACES, objects: Sequence[str] = OBJECTS) -> Task:
+        places: Sequence[str] = PLACES, objects: Sequence[str] = OBJECTS,
+        drop_templates: Sequence[str] = ()) -> Task:
     """``n`` IOI prompts from BABA, ABBA or mixed templates (or your own template strings).
 
     ``corrupt="abc"``: the counterfactual replaces the three name occurrences by three other
     names (ABB -> XYZ), as the mean-ablation reference of Wang et al.; ``"swap"`` replaces S2
     by the IO name (which flips the answer); ``None``: no counterfactual. Only names, places and
     objects that are single tokens for ``model`` are used; too few is an error.
+    ``drop_templates``: template group names (``"BABA-3"``, ``"ABBA-1"``, ``"custom-0"``) left
+    out, e.g. one the model fails on (see ``cc.task_quality``); the others keep their names and
+    ``task.meta["dropped_templates"]`` records what was dropped.
     """
     if n < 1:
         raise TaskError(f"n must be at least 1, got {n}")
     if corrupt not in CORRUPTIONS:
         raise TaskError(f"corrupt must be one of {CORRUPTIONS}, got {corrupt!r}")
     chosen = _templates(templates)
+    if isinstance(drop_templates, str):
+        drop_templates = [drop_templates]
+    known = [g for g, _ in chosen]
+    unknown = [d for d in drop_templates if d not in known]
+    if unknown:
+        raise TaskError(f"drop_templates names {unknown}, which are not among this task's "
+                        f"templates {known}")
+    chosen = [(g, t) for g, t in chosen if g not in set(drop_templates)]
+    if not chosen:
+        raise TaskError(f"drop_templates {list(drop_templates)} drops every template")
     ok_names, bad = single_tokens(model, list(names))
     if len(ok_names) < 5:
         raise TaskError(
@@ -81,7 +95,8 @@ def ioi(model: Any, n: int = 100, *, seed: int = 0, templates: str | Sequence[st
     return Task(prompts=prompts, answers=answers, wrong_answers=wrong,
                 corrupted=corrupted or None, positions=positions, groups=groups,
                 name=f"ioi-{templates if isinstance(templates, str) else 'custom'}",
-                meta={"builder": "ioi", "n": n, "seed": seed, "corrupt": corrupt})
+                meta={"builder": "ioi", "n": n, "seed": seed, "corrupt": corrupt,
+                      "dropped_templates": list(drop_templates)})
 
 
 def _templates(templates: str | Sequence[str]) -> list[tuple[str, str]]:
