@@ -9,7 +9,7 @@ from . import BOOL, HEADS, INT, NUMBER, TEXT, TEXTS, ANY, ClaimKind, Param, regi
 A = "circuitcheck.assertions:"
 AP = "circuitcheck.assertions_patching:"
 M = "circuitcheck.measures:"
-MP = "circuitcheck.measures.patching:"
+MP = "circuitcheck.measures."
 
 INTERVAL = ("holds when the whole confidence interval is past the threshold, fails when the "
             "whole interval is short of it, inconclusive otherwise (a failure unless "
@@ -140,7 +140,8 @@ register(ClaimKind(
 
 register(ClaimKind(
     name="patching", summary="patching these heads clean into corrupted recovers the metric",
-    target="heads", assertion=AP + "assert_patching_recovers", measure=MP + "patching_recovery",
+    target="heads", assertion=AP + "assert_patching_recovers",
+    measure=MP + "activation_patching:patching_recovery",
     params=(Param("heads", HEADS, True, "the patched heads"),
             Param("at_least", NUMBER, True, "required recovered fraction"),
             Param("component", TEXT, doc="z, q, k, v or pattern"), Param("metric", TEXT),
@@ -151,7 +152,7 @@ register(ClaimKind(
 register(ClaimKind(
     name="direct_effect",
     summary="these heads directly write a share of the logit difference (DLA)",
-    target="heads", assertion=AP + "assert_direct_effect", measure=MP + "direct_effect",
+    target="heads", assertion=AP + "assert_direct_effect", measure=MP + "dla:direct_effect",
     params=(Param("heads", HEADS, True, "the heads"),
             Param("at_least", NUMBER, True, "required share of the logit difference"),
             Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
@@ -162,7 +163,7 @@ register(ClaimKind(
     name="attention_ablation",
     summary="ablating these heads' attention costs more loss than random heads",
     target="heads", assertion=AP + "assert_attention_ablation_effect",
-    measure=MP + "attention_ablation_effect",
+    measure=MP + "attention_ablation:attention_ablation_effect",
     params=(Param("heads", HEADS, True, "the heads"),
             Param("over_random_by", NUMBER, True, "required extra loss (nats) over random sets"),
             Param("n_repeats", INT, doc="random head sets"),
