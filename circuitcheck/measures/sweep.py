@@ -16,6 +16,7 @@ from ..circuit import Circuit
 from ..errors import CircuitCheckError
 from ..interventions import (Ablation, Variants, ablation_values, final_logprobs,
                              run_variants)
+from ..stats import verdict  # the same rule as the assert_* helpers
 from ..tasks import Task
 from ._measurement import Measurement
 from .circuit import _ratio_measurement, _Setup
@@ -35,8 +36,6 @@ class Sweep:
     at_most: float | None = None
 
     def verdict(self, key: tuple[str, str, str]) -> str:
-        from ..assertions import verdict  # the same rule as the assert_* helpers
-
         return verdict(self.measurements[key], at_least=self.at_least, at_most=self.at_most)
 
     def grid(self):
