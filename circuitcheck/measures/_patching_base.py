@@ -29,6 +29,7 @@ from ..interventions.patching import check_paired
 from ..stats import bootstrap_ci
 from ..tasks import EncodedTask, Task
 from ._measurement import Measurement
+from ._result import ResultProtocol, nan_like
 from .metrics import Metric, get_metric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass(frozen=True, eq=False)
-class PatchGrid:
+class PatchGrid(ResultProtocol):
     """A labelled array of normalised patching effects.
 
     ``values`` has axes ``dims`` (e.g. ``("layer", "head")`` or ``("layer", "pos", "head")``),
@@ -63,6 +64,28 @@ class PatchGrid:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.values.shape)
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        """NaN: a patching grid has no interval per cell."""
+        return nan_like(self.values)
+
+    ci_high = ci_low
+
+    def table(self):
+        """One row per cell: its coordinates and value."""
+        import pandas as pd
+
+        idx = np.indices(self.values.shape).reshape(self.values.ndim, -1)
+        data = {d: [self.coords[d][i] if d in self.coords else i for i in idx[k]]
+                for k, d in enumerate(self.dims)}
+        data["value"] = self.values.ravel()
+        return pd.DataFrame(data)
+
+    def summary(self) -> str:
+        best = ", ".join(f"{k} {v:+.2f}" for k, v in self.top(3))
+        return (f"{self.method} {self.direction} patching of {self.component} over "
+                f"{' x '.join(self.dims)} {self.shape}: {self.normalization}; largest {best}")
 
     def __getitem__(self, key: Any) -> Any:
         """``grid["9.9"]`` / ``grid[9, 9]`` for a (layer, head) grid; else numpy indexing."""

@@ -13,12 +13,13 @@ from ..interventions.attention import check_mode, run_attention_ablation
 from ..stats import bootstrap_ci
 from ..tasks import EncodedTask, Task
 from ._measurement import Measurement
+from ._result import ResultProtocol, jsonable
 from ._patching_base import _head_mask, _heads, _seed, _setup
 from .metrics import Metric
 
 
 @dataclass(frozen=True, eq=False)
-class AttentionAblation:
+class AttentionAblation(ResultProtocol):
     """The task with ``heads``' attention ablated (``mode``) vs the clean run, per prompt.
 
     ``loss_*`` is the copying loss, the cross-entropy -log p(answer) at the last token;
@@ -36,6 +37,37 @@ class AttentionAblation:
     @property
     def loss_increase(self) -> float:
         return float(np.mean(self.loss_ablated - self.loss_clean))
+
+    @property
+    def value(self) -> float:
+        """The mean copying-loss increase (nats): ``loss_increase``."""
+        return self.loss_increase
+
+    @property
+    def ci_low(self) -> float:
+        """NaN: one ablation reports no interval (``compare_to_random`` does)."""
+        return float("nan")
+
+    ci_high = ci_low
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"heads": [list(h) for h in self.heads], "mode": self.mode,
+                         "metric": self.metric, "value": self.value,
+                         "loss_clean": float(np.mean(self.loss_clean)),
+                         "loss_ablated": float(np.mean(self.loss_ablated)),
+                         "metric_clean": float(np.mean(self.metric_clean)),
+                         "metric_ablated": float(np.mean(self.metric_ablated))})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame({"loss_clean": self.loss_clean, "loss_ablated": self.loss_ablated,
+                             "metric_clean": self.metric_clean,
+                             "metric_ablated": self.metric_ablated})
+
+    def summary(self) -> str:
+        return (f"attention ablation ({self.mode}) of {len(self.heads)} heads: loss "
+                f"{self.value:+.3f} nats")
 
 
 def _default_metric(enc: EncodedTask, metric: "str | Metric | None") -> "str | Metric":
@@ -61,7 +93,7 @@ def ablate_attention(model: Any, task: Task, heads: Any, *, mode: str = "zero",
 
 
 @dataclass(frozen=True, eq=False)
-class RandomComparison:
+class RandomComparison(ResultProtocol):
     """The copying-loss increase from ablating ``heads`` vs ablating random head sets of the
     same size. ``chosen`` [N] and ``random`` [n_repeats, N] are per-prompt increases in
     -log p(answer); ``p_value`` = (1 + #random sets with a mean increase ≥ the chosen one's)
@@ -101,6 +133,35 @@ class RandomComparison:
     def excess(self) -> np.ndarray:
         """Per prompt: chosen increase minus the mean random increase."""
         return self.chosen - self.random.mean(0)
+
+    @property
+    def value(self) -> float:
+        """The chosen heads' mean loss increase minus the random sets' mean."""
+        return float(self.excess.mean())
+
+    @property
+    def ci_low(self) -> float:
+        """NaN: read the interval from ``attention_ablation_effect`` (a bootstrap)."""
+        return float("nan")
+
+    ci_high = ci_low
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"heads": [list(h) for h in self.heads], "mode": self.mode,
+                         "value": self.value, "chosen_effect": self.chosen_effect,
+                         "random_mean": self.random_mean, "random_std": self.random_std,
+                         "p_value": self.p_value, "n_random": len(self.random),
+                         "seed": self.seed})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame({"set": ["chosen"] + [f"random {i}" for i in range(len(self.random))],
+                             "loss_increase": [self.chosen_effect, *self.random_effects]})
+
+    def summary(self) -> str:
+        return (f"attention ablation of {len(self.heads)} heads: {self.chosen_effect:+.3f} nats "
+                f"vs random {self.random_mean:+.3f} (p = {self.p_value:.3g})")
 
 
 def compare_to_random(model: Any, task: Task, heads: Any, *, n_repeats: int = 20,

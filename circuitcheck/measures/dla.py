@@ -13,6 +13,7 @@ from ..errors import CircuitCheckError
 from ..interventions.patching import cache_run
 from ..tasks import Task
 from ._measurement import Measurement
+from ._result import ResultProtocol, head_table, jsonable, nan_like
 from ._patching_base import _heads, _ratio_measurement, _seed
 from .metrics import get_metric
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass(frozen=True, eq=False)
-class DirectLogitAttribution:
+class DirectLogitAttribution(ResultProtocol):
     """Each component's direct contribution to logit(answer) - logit(wrong) at the last token.
 
     A component's write c to the final residual stream contributes
@@ -44,6 +45,33 @@ class DirectLogitAttribution:
 
     def __getitem__(self, head: Any) -> float:
         return float(self.heads[parse_head(head)])
+
+    @property
+    def values(self) -> np.ndarray:
+        """[layer, head] mean direct effects: ``heads``."""
+        return self.heads
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        """NaN: per-head DLA reports no interval (``direct_effect`` does)."""
+        return nan_like(self.heads)
+
+    ci_high = ci_low
+
+    def table(self):
+        return head_table(self.heads, self.ci_low, self.ci_high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"values": self.heads, "max_error": self.max_error,
+                         "components": {k: float(np.mean(v)) for k, v in self.components.items()}})
+
+    def summary(self) -> str:
+        L, H = self.heads.shape
+        best = sorted(((float(self.heads[l, h]), f"{l}.{h}") for l in range(L) for h in range(H)),
+                      reverse=True)[:3]
+        return ("direct logit attribution; largest "
+                + ", ".join(f"{name} {v:+.2f}" for v, name in best)
+                + f" (max error {self.max_error:.2g})")
 
     def of(self, heads: Iterable[Any]) -> np.ndarray:
         """Per prompt, the summed direct effect of ``heads``."""

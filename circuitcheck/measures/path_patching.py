@@ -16,6 +16,7 @@ from ..interventions.patching import (Chunk, HookList, cache_run, check_componen
 from ..tasks import Task
 from ._patching_base import (PatchGrid, _Setup, _head_mask, _heads, _normalization, _position_index,
                              _ratio_cells, _setup)
+from ._result import ResultProtocol, jsonable
 from .metrics import Metric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,7 +27,7 @@ RECEIVER_INPUTS = ("q", "k", "v", "resid_final")
 
 
 @dataclass(frozen=True, eq=False)
-class PathPatchResult:
+class PathPatchResult(ResultProtocol):
     """Path patching of ``senders`` → ``receivers`` (their ``receiver_input``).
 
     ``value`` = (F(patched) - F(clean)) / (F(clean) - F(corrupted)): -1 means the path carries
@@ -45,6 +46,32 @@ class PathPatchResult:
     metric: str = "logit_diff"
     freeze_mlps: bool = False
     problem: str | None = None
+
+    @property
+    def ci_low(self) -> float:
+        """NaN: path patching reports no interval."""
+        return float("nan")
+
+    ci_high = ci_low
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"value": self.value, "senders": [format_head(h) for h in self.senders],
+                         "receivers": [format_head(h) for h in self.receivers],
+                         "receiver_input": self.receiver_input, "positions": self.positions,
+                         "metric": self.metric, "freeze_mlps": self.freeze_mlps,
+                         "problem": self.problem, "n": len(self.per_prompt)})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame([self.to_dict()])
+
+    def summary(self) -> str:
+        if self.problem:
+            return f"path patching: not measurable ({self.problem})"
+        to = ", ".join(map(format_head, self.receivers)) or "the logits"
+        return (f"path patching {', '.join(map(format_head, self.senders))} -> {to} "
+                f"({self.receiver_input}): {self.value:+.3f}")
 
 
 def _receivers(model: Any, receivers: Any, receiver_input: str) -> tuple[Head, ...]:
