@@ -119,3 +119,12 @@ def test_validation_comes_from_the_declared_types(tmp_path, expect, message):
                     f"claims:\n  - name: a\n    expect: {expect}\n")
     errors = [e[2] for e in read_claim_file(path).errors]
     assert len(errors) == 1 and message in errors[0] and "c.yaml:" in errors[0], errors
+
+
+def test_private_claims_stay_out_of_the_run():
+    _claims.take()
+    with _claims.private() as mine:
+        assert _claims.record({"claim": "on purpose", "verdict": "failed"}) is None
+    _claims.record({"claim": "public", "verdict": "held"})
+    assert [r["claim"] for r in mine] == ["on purpose"]
+    assert [r["claim"] for r in _claims.take()] == ["public"]
