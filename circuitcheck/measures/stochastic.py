@@ -146,8 +146,8 @@ class StochasticAblation(ResultProtocol):
     def _regime(self, by: str) -> HeadEffects:
         r = getattr(self, by, None) if by in ("importance", "exclusion") else None
         if r is None:
-            raise CircuitCheckError(f"no {by!r} estimates in this result; ran: "
-                                    f"{[k for k in ('importance', 'exclusion') if getattr(self, k)]}")
+            ran = [k for k in ("importance", "exclusion") if getattr(self, k) is not None]
+            raise CircuitCheckError(f"no {by!r} estimates in this result; ran: {ran}")
         return r
 
     def save(self, path: str | Path) -> Path:
