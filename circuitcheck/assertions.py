@@ -21,26 +21,8 @@ from .measures import (Measurement, compare_selection, equivalence, faithfulness
                        head_scores, localization, minimality_test, necessity,
                        stochastic_ablation, sweep)
 from .measures.stochastic import _z
+from .stats import FAILED, HOLDS, INCONCLUSIVE, UNMEASURABLE, verdict
 from .tasks import Task
-
-HOLDS, FAILED, INCONCLUSIVE, UNMEASURABLE = "held", "failed", "inconclusive", "unmeasurable"
-
-
-def verdict(m: Measurement, *, at_least: float | None = None, at_most: float | None = None) -> str:
-    """``held`` / ``failed`` / ``inconclusive`` / ``unmeasurable`` for a threshold."""
-    if (at_least is None) == (at_most is None):
-        raise ValueError("give exactly one of at_least= or at_most=")
-    if m.problem:
-        return UNMEASURABLE
-    lo, hi = m.ci
-    if at_least is not None:
-        if lo >= at_least:
-            return HOLDS
-        return FAILED if hi < at_least else INCONCLUSIVE
-    if hi <= at_most:
-        return HOLDS
-    return FAILED if lo > at_most else INCONCLUSIVE
-
 
 def _check_threshold(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):

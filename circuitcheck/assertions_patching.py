@@ -13,7 +13,9 @@ from typing import Any
 from .assertions import _check_threshold, _finish
 from .circuit import format_head, parse_head
 from .measures import Measurement
-from .measures.patching import attention_ablation_effect, direct_effect, patching_recovery
+from .measures.activation_patching import patching_recovery
+from .measures.attention_ablation import attention_ablation_effect
+from .measures.dla import direct_effect
 from .tasks import Task
 
 

@@ -35,37 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claimkinds import KINDS, SpecError
+from .claimkinds import run as run_kind
+from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
 
 FILE_KEYS = ("model", "revision", "task", "circuit", "claims", "source", "description")
 CLAIM_KEYS = ("name", "model", "revision", "task", "circuit", "expect", "description", "source")
-RATIO_KEYS = ("ablation", "metric", "reference", "normalize", "confidence",
-              "allow_inconclusive")
-TEST_KEYS = ("alpha", "ablation", "metric", "reference")
-EXPECT_KEYS = {
-    "faithfulness": ("at_least",) + RATIO_KEYS,
-    "necessity": ("at_most",) + RATIO_KEYS,
-    "head_scores": None,  # mapping kind -> HEAD_SCORE_KEYS
-    "important": ("heads", "top", "by", "trials", "confidence", "keep_prob",
-                  "exclusion_keep_prob", "ablation", "metric", "reference", "min_trials"),
-    "equivalence": ("epsilon",) + TEST_KEYS,
-    "localization": ("n_random",) + TEST_KEYS,
-    "minimality": ("n_random",) + TEST_KEYS,
-    "robust": ("at_least", "at_most", "require", "ablation", "metric", "positions",
-               "normalize", "reference", "confidence"),
-    "selection": ("top", "percentile", "retained_at_least", "ablated_at_most", "by", "trials",
-                  "keep_prob", "exclusion_keep_prob", "ablation", "metric", "reference"),
-    "patching": ("heads", "at_least", "component", "metric", "confidence",
-                 "allow_inconclusive"),
-    "direct_effect": ("heads", "at_least", "confidence", "allow_inconclusive"),
-    "attention_ablation": ("heads", "over_random_by", "n_repeats", "mode", "confidence",
-                           "allow_inconclusive"),
-}
-HEAD_SCORE_KEYS = ("heads", "at_least", "top", "n", "seq_len")
-REQUIRED = {"faithfulness": "at_least", "necessity": "at_most", "important": "heads",
-            "patching": "heads", "direct_effect": "heads", "attention_ablation": "heads"}
-NEEDS_CIRCUIT = {"faithfulness", "necessity", "equivalence", "localization", "minimality",
-                 "robust"}
+# The schema of ``expect`` comes from the claim registry (``circuitcheck.claimkinds``): one
+# declaration per kind gives its keys, their types, what is required and what it needs.
+EXPECT_KEYS = {name: kind.keys for name, kind in KINDS.items()}
+REQUIRED = {name: kind.required for name, kind in KINDS.items() if kind.required}
+NEEDS_CIRCUIT = {name for name, kind in KINDS.items() if kind.needs_circuit}
 
 
 class _LineDict(dict):
@@ -164,38 +145,18 @@ def validate_task_spec(path: Path, task: Any, what: str) -> dict[str, Any]:
 
 
 def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
-    from .measures import HEAD_SCORE_KINDS
-
-    _check_keys(path, expect, tuple(EXPECT_KEYS), "expect")
+    _check_keys(path, expect, tuple(KINDS), "expect")
     if not expect:
         raise ClaimFileError(f"{_where(path, expect)}: 'expect' is empty; name at least one of "
-                             f"{list(EXPECT_KEYS)}")
+                             f"{list(KINDS)}")
     out: dict[str, dict[str, Any]] = {}
     for kind, spec in expect.items():
-        if kind == "head_scores":
-            _check_keys(path, spec, HEAD_SCORE_KINDS, "head_scores")
-            for score_kind, sub in spec.items():
-                _check_keys(path, sub, HEAD_SCORE_KEYS, f"head_scores.{score_kind}")
-                if "heads" not in sub:
-                    raise ClaimFileError(f"{_where(path, sub)}: head_scores.{score_kind} needs "
-                                         "'heads': the heads claimed to be of this kind")
-            out[kind] = {k: dict(v) for k, v in spec.items()}
-            continue
-        _check_keys(path, spec, EXPECT_KEYS[kind], kind)
-        need = REQUIRED.get(kind)
-        if need is not None and need not in spec:
-            raise ClaimFileError(f"{_where(path, spec)}: {kind} needs {need!r} "
-                                 f"(e.g. {kind}: {{{need}: 0.8}})")
-        for key in ("at_least", "at_most", "epsilon", "alpha", "over_random_by",
-                    "retained_at_least", "ablated_at_most"):
-            if key in spec and (not isinstance(spec[key], (int, float))
-                                or isinstance(spec[key], bool)):
-                raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.{key} must be a number, "
-                                     f"got {spec[key]!r}")
-        if kind == "robust" and ("at_least" in spec) == ("at_most" in spec):
-            raise ClaimFileError(f"{_where(path, spec)}: robust needs exactly one of 'at_least' "
-                                 "(faithfulness) or 'at_most' (necessity)")
-        out[kind] = dict(spec)
+        try:
+            out[kind] = validate_kind(KINDS[kind], spec,
+                                      lambda node, allowed, what: _check_keys(path, node,
+                                                                              allowed, what))
+        except SpecError as exc:
+            raise ClaimFileError(f"{_where(path, exc.node, exc.key)}: {exc}") from None
     return out
 
 
@@ -286,31 +247,11 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
 
     Every expectation runs (and is recorded for the report) even when an earlier one failed.
     """
-    from . import assertions as a
-    from . import assertions_patching as ap
-
     task = build_task(model, claim.task)
-    on_heads = {"important": a.assert_important, "patching": ap.assert_patching_recovers,
-                "direct_effect": ap.assert_direct_effect,
-                "attention_ablation": ap.assert_attention_ablation_effect}
-    on_circuit = {"faithfulness": a.assert_faithful, "necessity": a.assert_necessary,
-                  "equivalence": a.assert_equivalent, "localization": a.assert_localized,
-                  "minimality": a.assert_minimal, "robust": a.assert_robust}
     failures: list[str] = []
     for kind, spec in claim.expect.items():
         try:
-            if kind in on_circuit:
-                on_circuit[kind](model, task, claim.circuit, name=claim.name, **spec)
-            elif kind == "selection":
-                a.assert_selection(model, task, name=claim.name, **spec)
-            elif kind in on_heads:
-                spec = dict(spec)
-                on_heads[kind](model, task, spec.pop("heads"), name=claim.name, **spec)
-            else:
-                for score_kind, sub in spec.items():
-                    sub = dict(sub)
-                    a.assert_head_score(model, sub.pop("heads"), score_kind, name=claim.name,
-                                        **sub)
+            run_kind(KINDS[kind], model, task, claim.circuit, spec, claim.name)
         except AssertionError as exc:
             failures.append(str(exc))
     return failures

@@ -1,7 +1,9 @@
-"""Confidence intervals: paired bootstrap over prompts, Wilson intervals for rates."""
+"""Confidence intervals: paired bootstrap over prompts, Wilson intervals for rates; and the
+verdict of an interval against a threshold (used by sweeps and the ``assert_*`` helpers)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,3 +49,29 @@ def wilson_ci(successes: np.ndarray, trials: np.ndarray, confidence: float = 0.9
     centre = (p + z**2 / (2 * t)) / den
     half = z * np.sqrt(p * (1 - p) / t + z**2 / (4 * t**2)) / den
     return centre - half, centre + half
+
+
+# -- verdicts -------------------------------------------------------------------------------
+
+HOLDS, FAILED, INCONCLUSIVE, UNMEASURABLE = "held", "failed", "inconclusive", "unmeasurable"
+
+
+def verdict(m: Any, *, at_least: float | None = None, at_most: float | None = None) -> str:
+    """``held`` / ``failed`` / ``inconclusive`` / ``unmeasurable`` for a threshold.
+
+    ``m`` is a measurement (its ``ci`` and ``problem``): held when the whole interval is past the
+    threshold, failed when the whole interval is short of it, inconclusive otherwise. It lives
+    here, below the measurements, so a sweep decides its cells by the assertions' rule.
+    """
+    if (at_least is None) == (at_most is None):
+        raise ValueError("give exactly one of at_least= or at_most=")
+    if m.problem:
+        return UNMEASURABLE
+    lo, hi = m.ci
+    if at_least is not None:
+        if lo >= at_least:
+            return HOLDS
+        return FAILED if hi < at_least else INCONCLUSIVE
+    if hi <= at_most:
+        return HOLDS
+    return FAILED if lo > at_most else INCONCLUSIVE

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import circuitcheck as cc
+from circuitcheck import _claims
 from circuitcheck.errors import CircuitError, ModelNotFoundError, ModelUnavailableError, TaskError
 
 from .conftest import own_task
@@ -149,7 +150,8 @@ def test_model_that_does_not_do_the_task_is_unmeasurable(tiny):
     task = cc.Task(prompts=["t1 t2", "t3 t4 t5"], answers=["t3", "t4"], wrong_answers=["t3", "t4"])
     m = cc.faithfulness(tiny, task, cc.Circuit({"x": ["0.1"]}), ablation="zero")
     assert m.problem and "does not do the task" in m.problem
-    with pytest.raises(AssertionError, match="NOT MEASURABLE: the full model does not do the task"):
+    with _claims.private(), pytest.raises(
+            AssertionError, match="NOT MEASURABLE: the full model does not do the task"):
         cc.assert_faithful(tiny, task, cc.Circuit({"x": ["0.1"]}), at_least=0.5, ablation="zero")
 
 

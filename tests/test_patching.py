@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import circuitcheck as cc
+from circuitcheck import _claims
 from circuitcheck.assertions_patching import (assert_attention_ablation_effect,
                                               assert_direct_effect, assert_patching_recovers)
 from circuitcheck.errors import CircuitCheckError, CircuitError, TaskError
@@ -400,16 +401,16 @@ def test_claims_hold_and_fail_with_a_story(tiny, task_for):
     task = task_for(tiny)
     m = assert_direct_effect(tiny, task, ["1.2"], at_least=-50.0)
     assert "direct logit attribution" in m.details["heatmaps"]
-    with pytest.raises(AssertionError) as err:
+    with _claims.private(), pytest.raises(AssertionError) as err:
         assert_direct_effect(tiny, task, ["1.2"], at_least=50.0)
     first = str(err.value).splitlines()[0]
     assert "FAILED" in first and "direct effect" in first and "50.00" in first
     m = assert_patching_recovers(tiny, task, ["0.1"], at_least=-50.0, heatmap=True)
     heat = m.details["heatmaps"]["patching z (denoise)"]
     assert heat["outline"] == [[0, 1]] and len(heat["data"]) == tiny.cfg.n_layers
-    with pytest.raises(AssertionError, match="patching recovery"):
+    with _claims.private(), pytest.raises(AssertionError, match="patching recovery"):
         assert_patching_recovers(tiny, task, ["0.1"], at_least=50.0, heatmap=False)
-    with pytest.raises(AssertionError, match="attention ablation effect"):
+    with _claims.private(), pytest.raises(AssertionError, match="attention ablation effect"):
         assert_attention_ablation_effect(tiny, task, ["0.1"], over_random_by=50.0,
                                          n_repeats=3, heatmap=False)
 

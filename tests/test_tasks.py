@@ -121,6 +121,29 @@ def test_copying_only_correct_reports_drops(bpe_model):
     assert task.meta["dropped"] == len(full) - len(kept_ids)
 
 
+
+def test_keep_correct_agrees_with_the_engine(tiny):
+    """The copying filter's own forward pass keeps exactly the prompts the engine reads as
+    correct (top-1 == answer) with every head kept."""
+    import torch
+
+    from circuitcheck.interventions import Variants, run_variants
+    from circuitcheck.tasks import keep_correct
+
+    from .conftest import own_task
+
+    base = own_task(tiny, n=12)
+    answers = [w if i % 3 == 0 else a for i, (a, w) in
+               enumerate(zip(base.answers, base.wrong_answers))]
+    task = cc.Task(prompts=base.prompts, answers=answers, wrong_answers=base.wrong_answers,
+                   name="mixed")
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    ok = run_variants(tiny, task.encode(tiny), Variants(torch.ones(1, L, H, dtype=torch.bool)),
+                      None).correct[0]
+    kept = keep_correct(tiny, task, batch_size=5)
+    assert kept.prompts == [p for p, good in zip(task.prompts, ok.tolist()) if good]
+    assert kept.meta["dropped"] == len(task) - int(ok.sum()) > 0
+
 def test_user_data_round_trip(tmp_path, tiny):
     records = [{"prompt": "t1 t2 t3", "answer": "t4", "wrong_answer": "t5", "pos:S": 1,
                 "group": "a"},

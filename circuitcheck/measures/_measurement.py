@@ -41,6 +41,22 @@ class Measurement:
     def n(self) -> int:
         return int(len(self.per_prompt))
 
+    @property
+    def ci_low(self) -> float:
+        return self.ci[0]
+
+    @property
+    def ci_high(self) -> float:
+        return self.ci[1]
+
+    def table(self):
+        """A one-row pandas DataFrame: kind, value, interval, n."""
+        import pandas as pd
+
+        return pd.DataFrame([{"kind": self.kind, "value": self.value, "ci_low": self.ci[0],
+                              "ci_high": self.ci[1], "confidence": self.confidence,
+                              "n": self.n, "metric": self.metric, "problem": self.problem}])
+
     def __bool__(self) -> bool:
         raise TypeError(
             f"a {self.kind} measurement has no truth value; compare m.value "

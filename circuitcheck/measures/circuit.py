@@ -27,6 +27,7 @@ from ..interventions import Ablation, Variants, ablation_values, final_logprobs,
 from ..stats import bootstrap_ci
 from ..tasks import Task
 from ._measurement import Measurement
+from ._result import ResultProtocol
 from .metrics import Metric, get_metric
 
 NORMALIZE = ("ratio", "ablated", "corrupted")
@@ -203,7 +204,7 @@ def head_drops(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mea
 
 
 @dataclass(frozen=True, eq=False)
-class Minimality:
+class Minimality(ResultProtocol):
     """Per-head minimality scores of a circuit, each a ``Measurement``."""
 
     scores: dict[Head, Measurement]
@@ -220,6 +221,26 @@ class Minimality:
 
     def __getitem__(self, head: Any) -> Measurement:
         return self.scores[parse_head(head)]
+
+    @property
+    def values(self) -> np.ndarray:
+        """Each head's score, in the order of ``scores``."""
+        return np.array([m.value for m in self.scores.values()], dtype=float)
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        return np.array([m.ci[0] for m in self.scores.values()], dtype=float)
+
+    @property
+    def ci_high(self) -> np.ndarray:
+        return np.array([m.ci[1] for m in self.scores.values()], dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": {format_head(h): m.to_dict() for h, m in self.scores.items()}}
+
+    def summary(self) -> str:
+        return "minimality: " + ", ".join(f"{format_head(h)} {m.value:.3f}"
+                                          for h, m in self.scores.items())
 
 
 def minimality(model: Any, task: Task, circuit: Circuit, *,

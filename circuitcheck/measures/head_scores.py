@@ -21,12 +21,13 @@ import numpy as np
 from .. import _settings
 from ..circuit import Head, format_head, parse_head
 from ..errors import CircuitCheckError, did_you_mean
+from ._result import ResultProtocol, jsonable
 
 KINDS = ("previous_token", "duplicate_token", "induction")
 
 
 @dataclass(frozen=True, eq=False)
-class HeadScores:
+class HeadScores(ResultProtocol):
     """Scores of one kind for every head: ``scores[layer, head]`` with interval arrays."""
 
     kind: str
@@ -64,6 +65,19 @@ class HeadScores:
         return pd.DataFrame([{"head": format_head(h), "score": self[h],
                               "ci_low": float(self.ci_low[h]), "ci_high": float(self.ci_high[h])}
                              for h in self.ranking()])
+
+    @property
+    def values(self) -> np.ndarray:
+        """[layer, head] scores (``scores`` is the old name, kept as an alias)."""
+        return self.scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"kind": self.kind, "values": self.scores, "ci_low": self.ci_low,
+                         "ci_high": self.ci_high, "confidence": self.confidence, "n": self.n})
+
+    def summary(self) -> str:
+        best = ", ".join(f"{format_head(h)} {self[h]:.2f}" for h in self.top(3))
+        return f"{self.kind} scores of {self.scores.size} heads (n={self.n}); top {best}"
 
 
 def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: int = 20,

@@ -29,6 +29,7 @@ import numpy as np
 from ..circuit import Circuit, Head, format_head
 from ..errors import CircuitCheckError
 from ..tasks import Task
+from ._result import jsonable
 from .circuit import _metric_rows, _setup
 
 
@@ -49,6 +50,43 @@ class HypothesisTest:
 
     def __bool__(self) -> bool:
         raise TypeError(f"a {self.name} test has no truth value; read .rejected or .p_value")
+
+    @property
+    def value(self) -> float:
+        """The test statistic."""
+        return self.statistic
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """statistic ± 1.96 se (95%) when the test has a standard error; else NaN."""
+        se = self.details.get("se")
+        if not se:
+            return (float("nan"), float("nan"))
+        z = NormalDist().inv_cdf(0.975)
+        return (self.statistic - z * se, self.statistic + z * se)
+
+    @property
+    def ci_low(self) -> float:
+        return self.ci[0]
+
+    @property
+    def ci_high(self) -> float:
+        return self.ci[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"name": self.name, "null": self.null, "value": self.statistic,
+                         "ci": list(self.ci), "p_value": self.p_value, "alpha": self.alpha,
+                         "rejected": self.rejected,
+                         "details": {k: v for k, v in self.details.items()
+                                     if isinstance(v, (int, float, str, bool)) or v is None}})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"name": self.name, "statistic": self.statistic,
+                              "ci_low": self.ci[0], "ci_high": self.ci[1],
+                              "p_value": self.p_value, "alpha": self.alpha,
+                              "rejected": self.rejected}])
 
     def summary(self) -> str:
         word = "rejected" if self.rejected else "not rejected"

@@ -38,11 +38,12 @@ from ..errors import CircuitCheckError
 from ..interventions import Ablation, Variants, ablation_values, run_variants
 from ..stats import wilson_ci
 from ..tasks import Task
+from ._result import ResultProtocol, jsonable
 from .metrics import get_metric
 
 
 @dataclass(frozen=True, eq=False)
-class HeadEffects:
+class HeadEffects(ResultProtocol):
     """One regime's per-head estimates, each an [n_layers, n_heads] array."""
 
     regime: str  # "importance" or "exclusion"
@@ -73,9 +74,26 @@ class HeadEffects:
                               "rate_ablated": float(self.rate_ablated[h]),
                               "normalized": float(self.normalized[h])} for h in self.ranking()])
 
+    @property
+    def values(self) -> np.ndarray:
+        """[layer, head] effects (``effect`` is the old name, kept as an alias)."""
+        return self.effect
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"regime": self.regime, "keep_prob": self.keep_prob,
+                         "values": self.effect, "ci_low": self.ci_low, "ci_high": self.ci_high,
+                         "rate_kept": self.rate_kept, "rate_ablated": self.rate_ablated,
+                         "normalized": self.normalized, "trials": self.trials,
+                         "confidence": self.confidence})
+
+    def summary(self) -> str:
+        best = ", ".join(f"{format_head(h)} {self[h]:+.3f}" for h in self.ranking()[:3])
+        return (f"{self.regime} effects (keep_prob {self.keep_prob}, {self.trials} trials); "
+                f"top {best}")
+
 
 @dataclass(frozen=True, eq=False)
-class StochasticAblation:
+class StochasticAblation(ResultProtocol):
     """Result of ``cc.stochastic_ablation``: both regimes, the raw trials, how it stopped."""
 
     importance: HeadEffects | None
@@ -87,6 +105,33 @@ class StochasticAblation:
     budget: int
     decision: str | None = None  # "held" / "failed" / "undecided" when a claim was tested
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float:
+        raise AttributeError("a stochastic ablation has no single value; read .importance / "
+                             ".exclusion (HeadEffects: .values, .ci_low, .ci_high)")
+
+    values = ci_low = ci_high = value
+
+    def table(self):
+        """Both regimes' per-head tables, with a ``regime`` column."""
+        import pandas as pd
+
+        parts = [r.table().assign(regime=r.regime) for r in (self.importance, self.exclusion)
+                 if r is not None]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"metric": self.metric, "ablation": self.ablation, "seed": self.seed,
+                         "budget": self.budget, "trials_used": self.trials_used,
+                         "decision": self.decision,
+                         "importance": self.importance.to_dict() if self.importance is not None else None,
+                         "exclusion": self.exclusion.to_dict() if self.exclusion is not None else None})
+
+    def summary(self) -> str:
+        parts = [r.summary() for r in (self.importance, self.exclusion) if r is not None]
+        return (f"stochastic ablation ({self.ablation}, {self.metric}, {self.trials_used} trials"
+                f"{', ' + self.decision if self.decision else ''}): " + "; ".join(parts))
 
     @property
     def trials_used(self) -> int:
@@ -101,8 +146,8 @@ class StochasticAblation:
     def _regime(self, by: str) -> HeadEffects:
         r = getattr(self, by, None) if by in ("importance", "exclusion") else None
         if r is None:
-            raise CircuitCheckError(f"no {by!r} estimates in this result; ran: "
-                                    f"{[k for k in ('importance', 'exclusion') if getattr(self, k)]}")
+            ran = [k for k in ("importance", "exclusion") if getattr(self, k) is not None]
+            raise CircuitCheckError(f"no {by!r} estimates in this result; ran: {ran}")
         return r
 
     def save(self, path: str | Path) -> Path:

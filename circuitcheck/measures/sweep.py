@@ -16,8 +16,10 @@ from ..circuit import Circuit
 from ..errors import CircuitCheckError
 from ..interventions import (Ablation, Variants, ablation_values, final_logprobs,
                              run_variants)
+from ..stats import verdict  # the same rule as the assert_* helpers
 from ..tasks import Task
 from ._measurement import Measurement
+from ._result import ResultProtocol, jsonable
 from .circuit import _ratio_measurement, _Setup
 from .metrics import get_metric
 
@@ -26,7 +28,7 @@ CLAIMS = {"faithfulness": False, "necessity": True}  # claim -> ablate the circu
 
 
 @dataclass(frozen=True, eq=False)
-class Sweep:
+class Sweep(ResultProtocol):
     """Every combination's measurement; ``grid()`` is the verdict table."""
 
     claim: str
@@ -35,9 +37,29 @@ class Sweep:
     at_most: float | None = None
 
     def verdict(self, key: tuple[str, str, str]) -> str:
-        from ..assertions import verdict  # the same rule as the assert_* helpers
-
         return verdict(self.measurements[key], at_least=self.at_least, at_most=self.at_most)
+
+    @property
+    def value(self) -> float:
+        raise AttributeError("a sweep has no single value; read .measurements[(ablation, "
+                             "metric, positions)] or .table()")
+
+    values = ci_low = ci_high = value
+
+    def table(self):
+        """The verdict table (``grid()``)."""
+        return self.grid()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "at_least": self.at_least, "at_most": self.at_most,
+                "grid": jsonable(self.grid().to_dict("records"))}
+
+    def summary(self) -> str:
+        head = f"{self.claim} sweep over {len(self.measurements)} combinations"
+        if self.at_least is None and self.at_most is None:
+            return head
+        held = sum(self.verdict(k) == "held" for k in self.measurements)
+        return f"{head}: {held} held"
 
     def grid(self):
         """A pandas DataFrame: ablation, metric, positions, value, CI and verdict."""

@@ -62,15 +62,25 @@ def read_triples(path: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def keep_correct(model: Any, task: Task) -> Task:
-    """The task restricted to the prompts whose answer is the full model's top-1 token."""
+def keep_correct(model: Any, task: Task, *, batch_size: int = 32) -> Task:
+    """The task restricted to the prompts whose answer is the full model's top-1 token.
+
+    One plain forward pass of the unmodified model (no interventions: a task builder stays
+    below the engine), read at each prompt's last token.
+    """
     import torch
 
-    from ..interventions import Variants, run_variants
-
     enc = task.encode(model)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    ok = run_variants(model, enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None).correct[0]
+    device = getattr(model.cfg, "device", None) or "cpu"
+    ok = torch.zeros(enc.n, dtype=torch.bool)
+    with torch.inference_mode():
+        for start in range(0, enc.n, batch_size):
+            rows = torch.arange(start, min(start + batch_size, enc.n))
+            seq = int(enc.lengths[rows].max())
+            logits = model(enc.tokens[rows, :seq].to(device))
+            last = logits[torch.arange(len(rows), device=logits.device),
+                          (enc.lengths[rows] - 1).to(logits.device)].float()
+            ok[rows] = (last.argmax(-1).cpu() == enc.answers[rows])
     keep = [i for i in range(len(task)) if bool(ok[i])]
     if not keep:
         raise TaskError(f"the model completes none of the {len(task)} prompts of {task.name!r}; "

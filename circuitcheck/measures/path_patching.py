@@ -1,0 +1,248 @@
+"""Path patching: the effect of senders on receivers' q, k, v (or the final residual) only,
+by noising (conventions in ``circuitcheck.measures._patching_base``)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..circuit import Head, format_head
+from ..errors import CircuitCheckError, CircuitError
+from ..interventions import Readout
+from ..interventions.patching import (Chunk, HookList, cache_run, check_component, hook_name,
+                                      n_units, run_rows)
+from ..tasks import Task
+from ._patching_base import (PatchGrid, _Setup, _head_mask, _heads, _normalization, _position_index,
+                             _ratio_cells, _setup)
+from ._result import ResultProtocol, jsonable
+from .metrics import Metric
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+RECEIVER_INPUTS = ("q", "k", "v", "resid_final")
+
+
+@dataclass(frozen=True, eq=False)
+class PathPatchResult(ResultProtocol):
+    """Path patching of ``senders`` → ``receivers`` (their ``receiver_input``).
+
+    ``value`` = (F(patched) - F(clean)) / (F(clean) - F(corrupted)): -1 means the path carries
+    the whole clean/corrupted difference, 0 that it carries none. ``per_prompt`` is the
+    patched metric per prompt; ``clean`` and ``corrupted`` the unpatched runs'.
+    """
+
+    value: float
+    per_prompt: np.ndarray = field(repr=False)
+    clean: np.ndarray = field(repr=False)
+    corrupted: np.ndarray = field(repr=False)
+    senders: tuple[Head, ...] = ()
+    receivers: tuple[Head, ...] = ()
+    receiver_input: str = "resid_final"
+    positions: tuple[str, ...] | None = None
+    metric: str = "logit_diff"
+    freeze_mlps: bool = False
+    problem: str | None = None
+
+    @property
+    def ci_low(self) -> float:
+        """NaN: path patching reports no interval."""
+        return float("nan")
+
+    ci_high = ci_low
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"value": self.value, "senders": [format_head(h) for h in self.senders],
+                         "receivers": [format_head(h) for h in self.receivers],
+                         "receiver_input": self.receiver_input, "positions": self.positions,
+                         "metric": self.metric, "freeze_mlps": self.freeze_mlps,
+                         "problem": self.problem, "n": len(self.per_prompt)})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame([self.to_dict()])
+
+    def summary(self) -> str:
+        if self.problem:
+            return f"path patching: not measurable ({self.problem})"
+        to = ", ".join(map(format_head, self.receivers)) or "the logits"
+        return (f"path patching {', '.join(map(format_head, self.senders))} -> {to} "
+                f"({self.receiver_input}): {self.value:+.3f}")
+
+
+def _receivers(model: Any, receivers: Any, receiver_input: str) -> tuple[Head, ...]:
+    check_component(receiver_input, RECEIVER_INPUTS)
+    if receiver_input == "resid_final":
+        if receivers not in (None, (), []):
+            raise CircuitError("receiver_input='resid_final' has no receiver heads; pass "
+                               "receivers=None (the final residual stream is the receiver)")
+        return ()
+    if receivers is None:
+        raise CircuitError(f"receiver_input={receiver_input!r} needs receiver heads, e.g. "
+                           "receivers=['9.9', '10.0']")
+    out = tuple(_heads(model, receivers, "receivers"))
+    if receiver_input in ("k", "v") and n_units(model, receiver_input) != model.cfg.n_heads:
+        raise CircuitError(
+            f"receiver_input={receiver_input!r} is ambiguous on this model: its "
+            f"{model.cfg.n_heads} query heads share {n_units(model, receiver_input)} key/value "
+            "heads, so one head's keys/values cannot be patched alone; use receiver_input='q' "
+            "or 'resid_final'")
+    return out
+
+
+def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[Head, ...],
+               receiver_input: str, positions: Sequence[str] | None, freeze_mlps: bool,
+               batch_size: int | None) -> tuple[np.ndarray, Readout, Readout]:
+    """Patched metric [V, N] of path patching each sender set ``senders[v]`` ([V, L, H])."""
+    import torch
+
+    enc = s.enc
+    L, N, P = model.cfg.n_layers, enc.n, enc.tokens.shape[1]
+    V = senders.shape[0]
+    first = torch.where(senders.any(2), torch.arange(L), L).min(1).values.clamp(max=L - 1)
+    recv_layers = sorted({l for l, _ in receivers})
+    final = receiver_input == "resid_final"
+    z = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    mlp = [f"blocks.{l}.hook_mlp_out" for l in range(L)] if freeze_mlps else []
+    recv_names = [hook_name(receiver_input, l) for l in recv_layers]
+    starts = sorted(set(first.tolist()) | ({recv_layers[0]} if recv_layers else set()))
+    resid_names = [f"blocks.{l}.hook_resid_pre" for l in starts if l > 0]
+    clean_acts, clean_read = cache_run(model, enc, enc.tokens, z + mlp + recv_names + resid_names,
+                                       batch_size=batch_size)
+    corr_acts, corr_read = cache_run(model, enc, enc.corrupted, z, batch_size=batch_size)
+    variant = torch.arange(V).repeat_interleave(N)
+    prompt_of = torch.arange(N).repeat(V)
+    R = len(prompt_of)
+    heads_at = {l: [h for ll, h in receivers if ll == l] for l in recv_layers}
+    captured = {l: clean_acts[hook_name(receiver_input, l)][:, :, heads_at[l]][prompt_of.to(
+        clean_acts[z[0]].device)].clone() for l in recv_layers}  # [R, P, n_recv, D]
+
+    def start_resid(chunk: Chunk) -> "torch.Tensor":
+        r = clean_acts[f"blocks.{chunk.start}.hook_resid_pre"]
+        return r[chunk.prompts.to(r.device), :chunk.P]
+
+    def freeze_hooks(chunk: Chunk) -> HookList:
+        """Senders from the corrupted run, every other head (and MLP) frozen to clean."""
+        out: HookList = []
+        dev = chunk.device
+        for layer in range(chunk.start, L):
+            m = senders[variant[chunk.rows], layer].to(dev)[:, None, :, None]
+            zc = clean_acts[z[layer]][chunk.prompts.to(dev), :chunk.P]
+            zk = corr_acts[z[layer]][chunk.prompts.to(dev), :chunk.P]
+            frozen = torch.where(m, zk, zc)
+            out.append((z[layer], lambda x, hook, v=frozen: v.to(x.dtype)))
+            if freeze_mlps:
+                mc = clean_acts[mlp[layer]][chunk.prompts.to(dev), :chunk.P]
+                out.append((mlp[layer], lambda x, hook, v=mc: v.to(x.dtype)))
+        for layer in recv_layers if not final else ():
+            def capture(x: torch.Tensor, hook: Any, layer: int = layer,
+                        rows: torch.Tensor = chunk.rows) -> None:
+                captured[layer][rows.to(x.device), :x.shape[1]] = x[:, :, heads_at[layer]]
+            out.append((hook_name(receiver_input, layer), capture))
+        return out
+
+    stop = None if final or recv_layers[-1] + 1 >= L else recv_layers[-1] + 1
+    step2 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
+                     hooks=freeze_hooks, start_layer=first[variant], start_resid=start_resid,
+                     stop_at_layer=stop, batch_size=batch_size, reads=s.metric.reads or None)
+    if final:
+        return s.metric(step2).reshape(V, N), clean_read, corr_read
+    pos_mask = torch.ones(N, P, dtype=torch.bool)
+    if positions is not None:
+        idx = _position_index(s, positions)
+        pos_mask = (torch.arange(P)[None, None, :] == idx[:, :, None]).any(1)
+
+    def receive_hooks(chunk: Chunk) -> HookList:
+        out: HookList = []
+        dev = chunk.device
+        pm = pos_mask[chunk.prompts, :chunk.P].to(dev)[:, :, None, None]
+        for layer in recv_layers:
+            new = captured[layer][chunk.rows.to(dev), :chunk.P]
+            idx = heads_at[layer]
+
+            def patch(x: torch.Tensor, hook: Any, new: torch.Tensor = new,
+                      idx: list[int] = idx) -> torch.Tensor:
+                x = x.clone()
+                x[:, :, idx] = torch.where(pm, new.to(x.dtype), x[:, :, idx])
+                return x
+            out.append((hook_name(receiver_input, layer), patch))
+        return out
+
+    start3 = torch.full((R,), recv_layers[0], dtype=torch.long)
+    step3 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
+                     hooks=receive_hooks, start_layer=start3, start_resid=start_resid,
+                     batch_size=batch_size, reads=s.metric.reads or None)
+    return s.metric(step3).reshape(V, N), clean_read, corr_read
+
+
+def _check_positions(s: _Setup, positions: Sequence[str] | None, receiver_input: str
+                     ) -> tuple[str, ...] | None:
+    if positions is None:
+        return None
+    if isinstance(positions, str):
+        positions = [positions]
+    positions = tuple(positions)
+    for p in positions:
+        s.task.check_position(p)
+    if receiver_input == "resid_final" and positions != ("end",):
+        raise CircuitCheckError("the final residual stream is read at 'end' only; drop "
+                                "positions= or use positions=['end'] with receiver_input='resid_final'")
+    return positions
+
+
+def path_patch(model: Any, task: Task, senders: Any, receivers: Any = None, *,
+               receiver_input: str = "q", positions: Sequence[str] | None = None,
+               metric: "str | Metric" = "logit_diff", freeze_mlps: bool = False,
+               batch_size: int | None = None) -> PathPatchResult:
+    """Path patching (Wang et al. 2022): the effect of ``senders`` on the output through the
+    ``receiver_input`` of ``receivers`` only.
+
+    1. Run the clean prompts with the senders' outputs (``hook_z``) from the corrupted run and
+       every other head frozen to its clean output (MLPs are recomputed, as in the IOI paper,
+       unless ``freeze_mlps``); record the receivers' q, k or v (at ``positions``, named task
+       positions such as ``"end"`` or ``"S2"``; default every position).
+    2. Run the clean prompts again with only those receiver inputs replaced; read the metric.
+
+    With ``receiver_input="resid_final"`` step 1's final residual stream is the receiver, so its
+    logits are the answer (the senders' direct path, plus paths through MLPs unless frozen).
+    """
+    s = _setup(model, task, metric, what="path patching")
+    send = _heads(model, senders, "senders")
+    recv = _receivers(model, receivers, receiver_input)
+    pos = _check_positions(s, positions, receiver_input)
+    mask = _head_mask(model, send)[None]
+    patched, clean, corr = _path_rows(model, s, mask, recv, receiver_input, pos, freeze_mlps,
+                                      batch_size)
+    c, k = s.metric(clean), s.metric(corr)
+    vals, problem = _ratio_cells(patched, c, k, "noise")
+    return PathPatchResult(float(vals[0]), patched[0], c, k, tuple(send), recv, receiver_input,
+                           pos, s.metric.name, freeze_mlps, problem)
+
+
+def path_patch_heads(model: Any, task: Task, receivers: Any = None, *,
+                     receiver_input: str = "q", positions: Sequence[str] | None = None,
+                     metric: "str | Metric" = "logit_diff", freeze_mlps: bool = False,
+                     batch_size: int | None = None) -> PatchGrid:
+    """Path patching with each single head as the sender: a ``[layer, head]`` grid of
+    (F(patched) - F(clean)) / (F(clean) - F(corrupted)), all senders batched together."""
+    import torch
+
+    s = _setup(model, task, metric, what="path patching")
+    recv = _receivers(model, receivers, receiver_input)
+    pos = _check_positions(s, positions, receiver_input)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    masks = torch.eye(L * H, dtype=torch.bool).view(L * H, L, H)
+    patched, clean, corr = _path_rows(model, s, masks, recv, receiver_input, pos, freeze_mlps,
+                                      batch_size)
+    pp = patched.reshape(L, H, -1)
+    c, k = s.metric(clean), s.metric(corr)
+    values, problem = _ratio_cells(pp, c, k, "noise")
+    comp = f"path to {receiver_input}" + (
+        f" of {', '.join(format_head(h) for h in recv)}" if recv else "")
+    return PatchGrid(values, ("layer", "head"), {"layer": tuple(range(L)), "head": tuple(range(H))},
+                     s.metric.name, _normalization("noise"), comp, "noise", "path", pp, c, k,
+                     problem)
