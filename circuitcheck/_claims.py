@@ -35,3 +35,28 @@ def take() -> list[dict[str, Any]]:
     out = list(RECORDS)
     RECORDS.clear()
     return out
+
+
+ERROR = "error"
+
+
+def error_record(claim: str, message: str, *, kind: str = "", nodeid: str | None = None,
+                 model: str = "") -> dict[str, Any]:
+    """The record of a claim that could not be checked (a file that cannot be read, a crash):
+    verdict ``error``, no value, the reason as its message - so the report still lists it."""
+    message = message if len(message) <= 2000 else message[:2000] + " ... (cut)"
+    entry: dict[str, Any] = {
+        "claim": claim, "kind": kind or ERROR, "verdict": ERROR, "op": None, "threshold": None,
+        "message": message,
+        "measurement": {"kind": kind or ERROR, "value": None, "ci": [None, None],
+                        "problem": message, "model": model, "per_prompt": []}}
+    if nodeid is not None:
+        entry["nodeid"] = nodeid
+    return entry
+
+
+def record_error(claim: str, message: str, *, kind: str = "", model: str = "") -> None:
+    """Keep an ``error_record`` for the running test (no drift check: nothing was measured)."""
+    entry = error_record(claim, message, kind=kind, model=model)
+    entry.setdefault("nodeid", _state["nodeid"])
+    RECORDS.append(entry)

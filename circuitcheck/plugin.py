@@ -153,7 +153,12 @@ class ClaimFileCollector(pytest.File):
         try:
             parsed = read_claim_file(self.path)
         except ClaimFileError as exc:
-            yield ClaimErrorItem.from_parent(self, name="<file>", message=str(exc), line=0)
+            yield ClaimErrorItem.from_parent(self, name="<file>", message=str(exc)[:2000], line=0)
+            return
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the session
+            yield ClaimErrorItem.from_parent(
+                self, name="<file>", line=0,
+                message=f"{self.path}: cannot be read: {type(exc).__name__}: {str(exc)[:2000]}")
             return
         for claim in parsed.claims:
             yield ClaimItem.from_parent(self, name=claim.name, claim=claim)
@@ -209,11 +214,31 @@ class ClaimFailed(AssertionError):
     """A declarative claim that did not hold (its message is the whole story)."""
 
 
+def _claim_test(item: pytest.Item) -> bool:
+    """A YAML claim, or a Python test that loads a model through ``cc_model``."""
+    return isinstance(item, (ClaimItem, ClaimErrorItem)) or "cc_model" in getattr(
+        item, "fixturenames", ())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     if call.when == "call" or (call.when == "setup" and report.outcome != "passed"):
-        for entry in _claims.take():
+        entries = _claims.take()
+        crashed = call.excinfo is not None and not isinstance(
+            call.excinfo.value, (AssertionError, pytest.skip.Exception, KeyboardInterrupt))
+        if report.failed and _claim_test(item) and (crashed or not entries):
+            # a claim that failed to run is listed too, never left out of the report
+            value = call.excinfo.value if call.excinfo is not None else None
+            why = (item.message if isinstance(item, ClaimErrorItem)
+                   else f"{type(value).__name__}: {value}")
+            claim = getattr(getattr(item, "claim", None), "name", None) or item.name
+            model = getattr(getattr(item, "claim", None), "model", "")
+            entry = _claims.error_record(str(claim), str(why), nodeid=item.nodeid, model=model)
+            if call.when == "setup":
+                entry["message"] = f"setup failed: {entry['message']}"
+            entries.append(entry)
+        for entry in entries:
             report.user_properties.append((PROPERTY, json.dumps(entry)))
     return report
 
@@ -257,6 +282,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.section("circuitcheck")
         for r in results:
             m = r["measurement"]
+            if r["verdict"] == "error":
+                first = str(r.get("message", "")).split("\n")[0]
+                tr.write_line(f"{'ERROR':>12}  {r['claim']}: {first[:200]}")
+                continue
             lo, hi = m["ci"]
             value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
             ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"

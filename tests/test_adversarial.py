@@ -1,0 +1,125 @@
+"""The adversarial list of issue 19: bad inputs a new user tries, each one clear error (file
+and line for YAML), never a raw traceback, a silent wrong result or a lost result."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from circuitcheck.claimfile import read_claim_file
+from circuitcheck.errors import ClaimFileError
+
+HEAD = """\
+model: zoo:planted
+task: {builder: induction, n: 8, seq_len: 12, seed: 0}
+circuit:
+  groups: {previous token: ["0.2"], induction: ["1.1"]}
+claims:
+"""
+
+# (id, the YAML's claim part or a whole file, text expected in the message)
+BAD_CLAIMS = [
+    ("mlps-int", "  - name: c\n    circuit: {groups: {a: ['1.1']}, mlps: 3}\n"
+                 "    expect: {faithfulness: {at_least: 0.5}}\n", "mlps must be a list"),
+    ("mlps-text", "  - name: c\n    circuit: {groups: {a: ['1.1']}, mlps: [x]}\n"
+                  "    expect: {faithfulness: {at_least: 0.5}}\n", "mlps must be a list"),
+    ("positions-list", "  - name: c\n    circuit: {groups: {a: ['1.1']}, positions: [end]}\n"
+                       "    expect: {faithfulness: {at_least: 0.5}}\n", "positions must be a mapping"),
+    ("builder-list", "  - name: c\n    task: {builder: [induction]}\n"
+                     "    expect: {faithfulness: {at_least: 0.5}}\n", "unknown task builder"),
+    ("jsonl-path-list", "  - name: c\n    task: {builder: jsonl, path: [a]}\n"
+                        "    expect: {faithfulness: {at_least: 0.5}}\n", "must be a file name"),
+    ("jsonl-missing", "  - name: c\n    task: {builder: jsonl, path: nowhere.jsonl}\n"
+                      "    expect: {faithfulness: {at_least: 0.5}}\n", "does not exist"),
+    ("name-list", "  - name: [a, b]\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("name-int", "  - name: 5\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("name-bool", "  - name: yes\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("name-float", "  - name: 1.0\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("name-date", "  - name: 2024-01-01\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("name-null", "  - name: null\n    expect: {faithfulness: {at_least: 0.5}}\n", "name must be a text"),
+    ("confidence-0", "  - name: c\n    expect: {faithfulness: {at_least: 0.5, confidence: 0}}\n",
+     "strictly between 0 and 1"),
+    ("confidence-1", "  - name: c\n    expect: {faithfulness: {at_least: 0.5, confidence: 1.0}}\n",
+     "strictly between 0 and 1"),
+    ("confidence-text", "  - name: c\n    expect: {faithfulness: {at_least: 0.5, confidence: '0.9'}}\n",
+     "must be a number"),
+    ("allow-inconclusive-text", "  - name: c\n    expect: {faithfulness: {at_least: 0.5, "
+                                "allow_inconclusive: 'false'}}\n", "true or false"),
+    ("at-least-nan", "  - name: c\n    expect: {faithfulness: {at_least: .nan}}\n", "finite"),
+    ("at-least-minus-inf", "  - name: c\n    expect: {faithfulness: {at_least: -.inf}}\n", "finite"),
+    ("alpha-0", "  - name: c\n    expect: {equivalence: {epsilon: 0.1, alpha: 0}}\n",
+     "strictly between 0 and 1"),
+    ("epsilon-0", "  - name: c\n    expect: {equivalence: {epsilon: 0}}\n", "positive"),
+    ("head-scores-n-0", "  - name: c\n    expect: {head_scores: {induction: {heads: ['1.1'], n: 0}}}\n",
+     "whole number >= 1"),
+    ("head-scores-top-0", "  - name: c\n    expect: {head_scores: {induction: {heads: ['1.1'], top: 0}}}\n",
+     "whole number >= 1"),
+    ("head-scores-seq-len-0", "  - name: c\n    expect: {head_scores: {induction: {heads: ['1.1'], "
+                              "seq_len: 0}}}\n", "whole number >= 1"),
+    ("important-top-0", "  - name: c\n    expect: {important: {heads: ['1.1'], top: 0}}\n",
+     "whole number >= 1"),
+    ("trials-text", "  - name: c\n    expect: {important: {heads: ['1.1'], trials: '100'}}\n",
+     "whole number"),
+    ("trials-float", "  - name: c\n    expect: {important: {heads: ['1.1'], trials: 1.5}}\n",
+     "whole number"),
+    ("keep-prob-text", "  - name: c\n    expect: {important: {heads: ['1.1'], keep_prob: '0.3'}}\n",
+     "must be a number"),
+    ("min-trials-0", "  - name: c\n    expect: {important: {heads: ['1.1'], min_trials: 0}}\n",
+     "whole number >= 1"),
+    ("min-trials-neg", "  - name: c\n    expect: {important: {heads: ['1.1'], min_trials: -5}}\n",
+     "whole number >= 1"),
+    ("localization-n-random-0", "  - name: c\n    expect: {localization: {n_random: 0}}\n",
+     "whole number >= 1"),
+    ("localization-n-random-neg", "  - name: c\n    expect: {localization: {n_random: -3}}\n",
+     "whole number >= 1"),
+    ("robust-ablation-empty", "  - name: c\n    expect: {robust: {at_least: 0.8, ablation: []}}\n",
+     "at least one"),
+    ("metric-list", "  - name: c\n    expect: {faithfulness: {at_least: 0.8, metric: [top1]}}\n",
+     "must be a name"),
+    ("robust-require-text", "  - name: c\n    expect: {robust: {at_least: 0.8, require: bogus}}\n",
+     "require must be 'all'"),
+    ("heads-text", "  - name: c\n    expect: {patching: {heads: '1.1', at_least: 0.5}}\n",
+     "heads must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("body,needle", [c[1:] for c in BAD_CLAIMS], ids=[c[0] for c in BAD_CLAIMS])
+def test_a_bad_value_is_one_error_with_file_and_line(tmp_path, body, needle):
+    good = "  - name: good\n    expect: {faithfulness: {at_least: 0.5}}\n"
+    path = tmp_path / "claims.yaml"
+    path.write_text(HEAD + good + body)
+    parsed = read_claim_file(path)
+    assert [c.name for c in parsed.claims] == ["good"]  # the other claim survives
+    assert len(parsed.errors) == 1
+    name, line, message = parsed.errors[0]
+    assert isinstance(name, str) and name
+    assert needle in message, message
+    assert f"claims.yaml:{line}" in message or "claims.yaml:" in message
+    assert line >= 8
+
+
+BAD_FILES = [
+    ("non-utf8", HEAD.encode() + b"  - name: caf\xe9\n    expect: {faithfulness: {at_least: 0.5}}\n",
+     "not UTF-8"),
+    ("duplicate-key", (HEAD + "  - name: c\n    expect:\n      faithfulness: {at_least: 0.9, "
+                       "at_least: 0.1}\n").encode(), "duplicate key 'at_least'"),
+    ("duplicate-top-key", ("model: zoo:planted\nmodel: zoo:induction-2l\n" + HEAD[19:]
+                           + "  - name: c\n    expect: {faithfulness: {at_least: 0.5}}\n").encode(),
+     "duplicate key 'model'"),
+    ("alias-bomb", ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
+                    "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e]\n"
+                    "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nclaims: [*g]\n").encode(),
+     "aliases expand"),
+]
+
+
+@pytest.mark.parametrize("data,needle", [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_a_bad_file_is_a_clear_error(tmp_path, data, needle):
+    path = tmp_path / "claims.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ClaimFileError) as err:
+        read_claim_file(path)
+    assert needle in str(err.value)
+    assert "claims.yaml" in str(err.value)
+    assert len(str(err.value)) < 2000
