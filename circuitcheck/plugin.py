@@ -45,10 +45,59 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "max(0.05, the combined half-width of both intervals))")
     group.addoption("--cc-save-baseline", default=None, metavar="JSON",
                     help="write this run's claims as a baseline file")
+    group.addoption("--cc-replace-with-partial", action="store_true", default=False,
+                    help="let a partial run (-k/-m selection, node ids, -x, an interrupted run, "
+                         "collection errors) replace an existing full report or baseline")
+
+
+def _check_output_paths(config: pytest.Config) -> None:
+    """Refuse, before anything runs, a report or baseline path that cannot be written (so no
+    run's results are lost to a path found bad at the end), and a report directory holding an
+    ``index.html`` that circuitcheck did not write."""
+    from pathlib import Path
+
+    def writable_dir(d: Path, what: str) -> None:
+        if d.exists() and not d.is_dir():
+            raise pytest.UsageError(f"{what}: {str(d)!r} exists and is not a directory")
+        probe = d
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise pytest.UsageError(f"{what}: {str(probe)!r} is a file, so {str(d)!r} cannot "
+                                    "be made a directory")
+        import os
+
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise pytest.UsageError(f"{what}: {str(probe)!r} is not writable")
+
+    report = config.getoption("--cc-report")
+    if report:
+        d = Path(report)
+        writable_dir(d, "--cc-report")
+        page = d / "index.html"
+        if page.is_file():
+            try:
+                head = page.read_text(encoding="utf-8", errors="replace")[:2000]
+            except OSError:
+                head = ""
+            if "<title>circuitcheck report</title>" not in head:
+                raise pytest.UsageError(
+                    f"--cc-report: {str(page)!r} exists and is not a circuitcheck report; "
+                    "refusing to overwrite it - choose an empty or new directory")
+    for option in ("--cc-save-baseline",):
+        value = config.getoption(option)
+        if value:
+            f = Path(value)
+            if f.is_dir():
+                raise pytest.UsageError(f"{option}: {str(f)!r} is a directory; give a file "
+                                        "name such as baseline.json")
+            writable_dir(f.parent, option)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "circuitcheck: a declarative claim from a circuits/ file")
+    if not hasattr(config, "workerinput"):
+        _check_output_paths(config)
     config.addinivalue_line(
         "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
@@ -262,6 +311,43 @@ class _Collector:
         self.results: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.started = time.time()
+        self.deselected = 0
+        self.collect_errors = 0
+        self.interrupted = False
+
+    def pytest_deselected(self, items: Any) -> None:
+        self.deselected += len(items)
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.collect_errors += 1
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupted = True
+
+    def partial(self, config: pytest.Config, exitstatus: int) -> list[str]:
+        """Why this run did not check every claim it could have (empty: a full run)."""
+        why = []
+        if config.getoption("keyword", None):
+            why.append(f"-k {config.getoption('keyword')!r} selected some tests")
+        if config.getoption("markexpr", None):
+            why.append(f"-m {config.getoption('markexpr')!r} selected some tests")
+        if self.deselected and not why:
+            why.append(f"{self.deselected} tests deselected")
+        if any("::" in str(a) for a in config.args):
+            why.append("node ids named on the command line")
+        if self.collect_errors:
+            why.append(f"{self.collect_errors} collection errors")
+        if self.interrupted or exitstatus == int(pytest.ExitCode.INTERRUPTED):
+            why.append("the run was interrupted")
+        session = getattr(self, "session", None)
+        if session is not None and (session.shouldfail or session.shouldstop) and \
+                not self.interrupted:
+            why.append(f"the run stopped early ({session.shouldfail or session.shouldstop})")
+        return why
+
+    def pytest_sessionstart(self, session: Any) -> None:
+        self.session = session
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
@@ -294,19 +380,54 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     if hasattr(config, "workerinput"):
         return  # xdist workers: the controller writes the one merged report
+    partial = collector.partial(config, int(exitstatus))
+    if partial and results:
+        tr.write_line("circuitcheck: PARTIAL run (" + "; ".join(partial) + ")")
+    replace = config.getoption("--cc-replace-with-partial")
     save = config.getoption("--cc-save-baseline")
     if save:
         from .report.baseline import save_baseline
 
-        tr.write_line(f"circuitcheck baseline written: {save_baseline(save, results)}")
+        if partial and not replace and _is_full(save):
+            tr.write_line(f"circuitcheck baseline NOT written: this run is partial and {save} "
+                          "holds a full run (pass --cc-replace-with-partial to replace it)")
+        else:
+            tr.write_line(f"circuitcheck baseline written: "
+                          f"{save_baseline(save, results, partial=partial)}")
     report_dir = config.getoption("--cc-report")
     if report_dir:
+        from pathlib import Path
+
         from .report import write_report
 
         meta = {"device": config.getoption("--cc-device"), "dtype": config.getoption("--cc-dtype"),
                 "seed": config.getoption("--cc-seed"),
                 "models": sorted({r["measurement"].get("model", "") for r in results}),
                 "baseline": config.getoption("--cc-baseline")}
+        if partial:
+            meta["partial"] = "; ".join(partial)
+        if partial and not replace and _is_full(Path(report_dir) / "results.json"):
+            tr.write_line(f"circuitcheck report NOT written: this run is partial and "
+                          f"{report_dir} holds a full run's report (pass "
+                          "--cc-replace-with-partial to replace it)")
+            return
         paths = write_report(report_dir, results, started=collector.started, meta=meta,
                              skipped=collector.skipped)
         tr.write_line(f"circuitcheck report: {paths['html']}")
+
+
+def _is_full(path: Any) -> bool:
+    """Whether ``path`` is a results / baseline file of a full (not partial) run."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return True
+    run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+    return not (doc.get("partial") or run.get("partial"))

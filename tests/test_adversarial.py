@@ -123,3 +123,77 @@ def test_a_bad_file_is_a_clear_error(tmp_path, data, needle):
     assert needle in str(err.value)
     assert "claims.yaml" in str(err.value)
     assert len(str(err.value)) < 2000
+
+
+GOOD_FILE = HEAD + """\
+  - name: good-one
+    expect: {faithfulness: {at_least: 0.5, ablation: mean, metric: top1, normalize: ablated}}
+  - name: out-of-range
+    circuit: {groups: {a: ["7.1"]}}
+    expect: {faithfulness: {at_least: 0.5, ablation: mean, metric: top1}}
+"""
+BAD_FILE = HEAD + """\
+  - name: 5
+    expect: {faithfulness: {at_least: 0.5}}
+  - name: mlps-int
+    circuit: {groups: {a: ["1.1"]}, mlps: 3}
+    expect: {faithfulness: {at_least: 0.5}}
+"""
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", *args)
+
+
+def test_bad_files_fail_alone_and_every_claim_is_reported(pytester):
+    d = pytester.path / "circuits"
+    d.mkdir()
+    (d / "good.yaml").write_text(GOOD_FILE)
+    (d / "bad.yaml").write_text(BAD_FILE)
+    (d / "latin1.yaml").write_bytes(b"model: zoo:planted\n# caf\xe9\nclaims: []\n")
+    rep, base = pytester.path / "r", pytester.path / "base.json"
+    full = _run(pytester, f"--cc-report={rep}", f"--cc-save-baseline={base}")
+    full.assert_outcomes(passed=1, failed=4)
+    assert "INTERNALERROR" not in full.stdout.str()
+    full.stdout.fnmatch_lines(["*bad.yaml:*name must be a text*",
+                               "*latin1.yaml:2: not UTF-8*"])
+    doc = json.loads((rep / "results.json").read_text())
+    names = sorted(c["claim"] for c in doc["claims"])
+    assert names == ["<file>", "claim-0", "good-one", "mlps-int", "out-of-range"], names
+    assert doc["summary"] == {"held": 1, "error": 4}
+    html = (rep / "index.html").read_text()
+    assert "4 of 5 claims did not hold" in html and "all 1 claims held" not in html
+    assert "out of range" in html
+    assert not list(rep.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+    # a -k run is partial: it does not replace the full report or baseline ...
+    before = (rep / "results.json").read_text(), base.read_text()
+    part = _run(pytester, "-k", "good", f"--cc-report={rep}", f"--cc-save-baseline={base}")
+    part.stdout.fnmatch_lines(["*PARTIAL run (-k 'good'*", "*baseline NOT written*",
+                               "*report NOT written*"])
+    assert ((rep / "results.json").read_text(), base.read_text()) == before
+    # ... unless asked, and then it says it is partial
+    _run(pytester, "-k", "good", f"--cc-report={rep}", f"--cc-save-baseline={base}",
+         "--cc-replace-with-partial")
+    doc = json.loads((rep / "results.json").read_text())
+    assert doc["run"]["partial"].startswith("-k 'good'")
+    assert "PARTIAL run" in (rep / "index.html").read_text()
+    assert json.loads(base.read_text())["partial"]
+
+
+def test_bad_output_paths_are_refused_before_the_run(pytester):
+    (pytester.path / "circuits").mkdir()
+    (pytester.path / "circuits" / "good.yaml").write_text(GOOD_FILE)
+    (pytester.path / "afile").write_text("x")
+    (pytester.path / "site").mkdir()
+    (pytester.path / "site" / "index.html").write_text("<html>my own page</html>")
+    for args, needle in [
+            (["--cc-report=afile"], "exists and is not a directory"),
+            (["--cc-report=afile/sub"], "is a file"),
+            (["--cc-report=site"], "is not a circuitcheck report"),
+            (["--cc-save-baseline=site"], "is a directory"),
+            (["--cc-save-baseline=afile/b.json"], "is not a directory")]:
+        result = _run(pytester, *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, (args, result.stdout.str())
+        result.stderr.fnmatch_lines([f"*{needle}*"])
+    assert (pytester.path / "site" / "index.html").read_text() == "<html>my own page</html>"

@@ -152,15 +152,23 @@ def _slim(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_baseline(path: str | Path, results: list[dict[str, Any]]) -> Path:
-    """Write ``results`` as a baseline (sorted by key, bulky per-prompt data left out)."""
+def save_baseline(path: str | Path, results: list[dict[str, Any]], *,
+                  partial: list[str] | None = None) -> Path:
+    """Write ``results`` as a baseline (sorted by key, bulky per-prompt data left out).
+
+    ``partial``: why the run did not check every claim (stored, so a later full run is not
+    compared against, or replaced by, a partial one unknowingly). The file is replaced
+    atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     claims = sorted((_slim(r) for r in results), key=record_key)
     doc = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": "circuitcheck-baseline",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "claims": claims}
-    p.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    return p
+    if partial:
+        doc["partial"] = "; ".join(partial)
+    from ._write import atomic_write
+
+    return atomic_write(p, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
