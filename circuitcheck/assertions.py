@@ -79,7 +79,9 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
                      + ", ".join(f"{format_head(h)} ({d:+.2f})" for h, d in top))
     node = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     if node:
-        lines.append(f"  reproduce  pytest \"{node}\" --cc-seed={m.seed}")
+        import shlex
+
+        lines.append(f"  reproduce  pytest {shlex.quote(node)} --cc-seed={m.seed}")
     return "\n".join(lines)
 
 
@@ -161,7 +163,9 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         raise ValueError("name at least one head")
     if at_least is not None:
         at_least = _check_threshold(at_least, "at_least")
-    top = len(claimed) if top is None else int(top)
+    from ._validate import count
+
+    top = len(claimed) if top is None else count(top, "top")
     scores = head_scores(model, kind, **kwargs)
     L, H = scores.scores.shape
     for layer, h in claimed:
@@ -227,6 +231,10 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
     claimed = [parse_head(h) for h in ([heads] if isinstance(heads, str) else heads)]
     if not claimed:
         raise ValueError("name at least one head")
+    if top is not None:
+        from ._validate import count
+
+        top = count(top, "top")
     mc = stochastic_ablation(model, task, heads=claimed, top=top, by=by, trials=trials,
                              confidence=confidence, **kwargs)
     eff = getattr(mc, by)

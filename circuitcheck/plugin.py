@@ -94,8 +94,31 @@ def _check_output_paths(config: pytest.Config) -> None:
             writable_dir(f.parent, option)
 
 
+_DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
+
+
+def _check_model_options(config: pytest.Config) -> None:
+    """``--cc-device`` / ``--cc-dtype`` / ``--cc-tolerance`` checked up front (without torch)."""
+    import math
+    import re
+
+    device = str(config.getoption("--cc-device"))
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise pytest.UsageError(f"--cc-device {device!r} is not a device; use auto, cpu, "
+                                "cuda, cuda:N or mps")
+    dtype = str(config.getoption("--cc-dtype"))
+    if dtype.removeprefix("torch.") not in _DTYPES:
+        raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
+                                "float32, bfloat16, float16 (or float64)")
+    tol = config.getoption("--cc-tolerance")
+    if tol is not None and not (math.isfinite(tol) and tol >= 0):
+        raise pytest.UsageError(f"--cc-tolerance must be a finite number >= 0, got {tol}: "
+                                "with nan or inf any drift would pass")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "circuitcheck: a declarative claim from a circuits/ file")
+    _check_model_options(config)
     if not hasattr(config, "workerinput"):
         _check_output_paths(config)
     config.addinivalue_line(

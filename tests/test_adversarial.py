@@ -197,3 +197,141 @@ def test_bad_output_paths_are_refused_before_the_run(pytester):
         assert result.ret == pytest.ExitCode.USAGE_ERROR, (args, result.stdout.str())
         result.stderr.fnmatch_lines([f"*{needle}*"])
     assert (pytester.path / "site" / "index.html").read_text() == "<html>my own page</html>"
+
+
+# --- the Python API: each bad argument is one clear error, never a raw traceback -----------
+
+@pytest.fixture(scope="module")
+def planted():
+    import circuitcheck as cc
+
+    model = cc.load_model("zoo:planted", device="cpu")
+    return model, cc.tasks.induction(model, n=8, seq_len=12, seed=0), cc.Circuit(
+        {"previous token": ["0.2"], "induction": ["1.1"]})
+
+
+API_CASES = [
+    ("faithful-confidence-text", "faithful", {"at_least": 0.5, "confidence": "0.9"}, "must be a number"),
+    ("faithful-confidence-0", "faithful", {"at_least": 0.5, "confidence": 0}, "strictly between"),
+    ("faithful-at-least-nan", "faithful", {"at_least": float("nan")}, "finite"),
+    ("faithful-at-least-minus-inf", "faithful", {"at_least": float("-inf")}, "finite"),
+    ("faithful-allow-inconclusive-text", "faithful",
+     {"at_least": 0.5, "allow_inconclusive": "false"}, "true or false"),
+    ("faithful-seed-text", "faithful", {"at_least": 0.5, "seed": "x"}, "whole number"),
+    ("equivalent-alpha-0", "equivalent", {"epsilon": 0.1, "alpha": 0}, "strictly between"),
+    ("equivalent-epsilon-nan", "equivalent", {"epsilon": float("nan")}, "finite"),
+    ("localized-n-random-0", "localized", {"n_random": 0}, "whole number >= 1"),
+    ("localized-n-random-neg", "localized", {"n_random": -3}, "whole number >= 1"),
+    ("minimal-n-random-0", "minimal", {"n_random": 0}, "whole number >= 1"),
+    ("important-trials-text", "important", {"trials": "100"}, "whole number"),
+    ("important-trials-float", "important", {"trials": 1.5}, "whole number"),
+    ("important-keep-prob-text", "important", {"keep_prob": "0.3"}, "must be a number"),
+    ("important-min-trials-0", "important", {"min_trials": 0}, "whole number >= 1"),
+    ("important-min-trials-neg", "important", {"min_trials": -5}, "whole number >= 1"),
+    ("important-confidence-1", "important", {"confidence": 1.0}, "strictly between"),
+    ("important-top-0", "important", {"top": 0}, "whole number >= 1"),
+    ("head-score-n-0", "head_score", {"n": 0}, "whole number >= 1"),
+    ("head-score-top-0", "head_score", {"top": 0}, "whole number >= 1"),
+    ("head-score-seq-len-0", "head_score", {"seq_len": 0}, "whole number >= 2"),
+]
+
+
+@pytest.mark.parametrize("fn,kwargs,needle", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_bad_api_arguments_are_clear_errors(planted, fn, kwargs, needle):
+    import circuitcheck as cc
+    from circuitcheck._validate import ArgumentError
+
+    model, task, circuit = planted
+    call = {"faithful": lambda: cc.assert_faithful(model, task, circuit, **kwargs),
+            "equivalent": lambda: cc.assert_equivalent(model, task, circuit, **kwargs),
+            "localized": lambda: cc.assert_localized(model, task, circuit, **kwargs),
+            "minimal": lambda: cc.assert_minimal(model, task, circuit, **kwargs),
+            "important": lambda: cc.assert_important(model, task, ["1.1"], **kwargs),
+            "head_score": lambda: cc.assert_head_score(model, ["1.1"], "induction", **kwargs)}[fn]
+    with pytest.raises(ArgumentError, match=needle):
+        call()
+
+
+def test_degenerate_measurements_are_not_measurable(planted):
+    """One prompt gives CI [1, 1]; an ablation that changes nothing (mean by template with one
+    prompt per template) makes every circuit score as the full model: neither may hold."""
+    import circuitcheck as cc
+
+    model, task, circuit = planted
+    one = cc.Task(prompts=task.prompts[:1], answers=task.answers[:1],
+                  wrong_answers=None if task.wrong_answers is None else task.wrong_answers[:1])
+    with pytest.raises(AssertionError, match="NOT MEASURABLE: only 1 prompt"):
+        cc.assert_faithful(model, one, circuit, at_least=0.99, ablation="zero", metric="top1")
+    solo = cc.Task(prompts=task.prompts, answers=task.answers, wrong_answers=task.wrong_answers,
+                   groups=[f"t{i}" for i in range(len(task.prompts))])
+    with pytest.raises(AssertionError, match="NOT MEASURABLE: the ablation changes nothing"):
+        cc.assert_faithful(model, solo, cc.Circuit({"none": []}), at_least=0.9,
+                           ablation="mean-by-template", reference="clean")
+
+
+def test_half_precision_on_a_gpt2_layout_model_runs_on_cpu(model_dirs):
+    import circuitcheck as cc
+
+    from .conftest import own_task
+
+    for dtype in ("float16", "bfloat16"):
+        model = cc.load_model(model_dirs["gpt2"], device="cpu", dtype=dtype)
+        m = cc.faithfulness(model, own_task(model, n=4), cc.Circuit({"a": ["0.1"]}),
+                            ablation="zero")
+        assert m.n == 4
+
+
+def test_model_names_that_are_not_models_say_so(tmp_path, monkeypatch):
+    from circuitcheck.errors import ModelNotFoundError
+    from circuitcheck.models import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name, needle in [("zoo-planted", "did you mean 'zoo:planted'"),
+                         ("planted", "did you mean 'zoo:planted'"),
+                         ("models/nothing-here", "does not exist"),
+                         ("./nothing", "does not exist")]:
+        with pytest.raises(ModelNotFoundError, match=needle):
+            resolve_source(name)
+
+
+def test_bad_device_is_a_clear_error():
+    from circuitcheck.errors import ModelNotFoundError
+    from circuitcheck.models import resolve_device
+
+    with pytest.raises(ModelNotFoundError, match="unknown device 'bogus'"):
+        resolve_device("bogus")
+
+
+def test_text_prompt_longer_than_the_context_is_refused(planted):
+    import circuitcheck as cc
+    from circuitcheck.errors import TaskError
+
+    model, task, circuit = planted
+    long = " ".join([task.prompts[0]] * (model.cfg.n_ctx // 4 + 2))
+    bad = cc.Task(prompts=[long, task.prompts[1]], answers=task.answers[:2])
+    with pytest.raises(TaskError, match="longer than the model's context"):
+        cc.faithfulness(model, bad, circuit, ablation="zero", metric="top1")
+
+
+def test_reproduce_line_is_shell_quoted(planted, monkeypatch):
+    import circuitcheck as cc
+
+    model, task, circuit = planted
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "c.yaml::$(touch pwned) (call)")
+    with pytest.raises(AssertionError) as err:
+        cc.assert_faithful(model, task, circuit, at_least=1.5, ablation="mean", metric="top1")
+    assert "reproduce  pytest 'c.yaml::$(touch pwned)' --cc-seed=" in str(err.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cc-device=bogus"], "--cc-device 'bogus' is not a device"),
+    (["--cc-dtype=int4"], "--cc-dtype 'int4' is not supported"),
+    (["--cc-tolerance=nan"], "--cc-tolerance must be a finite number"),
+    (["--cc-tolerance=inf"], "--cc-tolerance must be a finite number"),
+], ids=["device-bogus", "dtype-int4", "tolerance-nan", "tolerance-inf"])
+def test_bad_command_line_options_are_usage_errors(pytester, args, needle):
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{needle}*"])

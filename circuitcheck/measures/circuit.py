@@ -132,7 +132,8 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     if n < 2:
         problem = (f"only {n} prompt: an interval over prompts cannot be estimated from one, so "
                    "the claim cannot be decided; use more prompts (20 or more)")
-    elif ablated is not None and np.allclose(full, ablated, rtol=1e-5, atol=1e-6):
+    elif ablated is not None and np.allclose(full, ablated, rtol=1e-5, atol=1e-6) \
+            and not np.allclose(full, 0, atol=1e-6):
         problem = (f"the ablation changes nothing: with every head ablated ({s.values.describe()}) "
                    f"the {s.metric.name} equals the full model's on every prompt, so any circuit "
                    "would score as the full model; e.g. a mean by template over one prompt per "
