@@ -10,11 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 RECORDS: list[dict[str, Any]] = []
-_state: dict[str, Any] = {"nodeid": "", "drift_check": None}
+_state: dict[str, Any] = {"nodeid": "", "drift_check": None, "seen": {}, "stamp": {}}
 
 
-def set_current_test(nodeid: str) -> None:
+def set_current_test(nodeid: str, stamp: dict[str, Any] | None = None) -> None:
+    """The running test; ``stamp`` (e.g. the claim's task-spec hash) is added to the
+    measurement of every record it makes, before the baseline check sees it."""
     _state["nodeid"] = nodeid
+    _state["seen"] = {}
+    _state["stamp"] = dict(stamp or {})
 
 
 def set_drift_check(check: Callable[[dict[str, Any]], str | None] | None) -> None:
@@ -25,6 +29,12 @@ def set_drift_check(check: Callable[[dict[str, Any]], str | None] | None) -> Non
 def record(entry: dict[str, Any]) -> str | None:
     """Keep ``entry`` (stamped with the running test); return a drift message, if any."""
     entry.setdefault("nodeid", _state["nodeid"])
+    k = _state["seen"][entry["claim"]] = _state["seen"].get(entry["claim"], 0) + 1
+    if k > 1:  # the same claim name asserted again in one test: matched as #k, not as #1
+        entry["occurrence"] = k
+    if isinstance(entry.get("measurement"), dict):
+        for key, value in _state["stamp"].items():
+            entry["measurement"].setdefault(key, value)
     RECORDS.append(entry)
     check = _state["drift_check"]
     return check(entry) if check is not None else None

@@ -22,6 +22,7 @@ from . import _claims, _settings
 
 PROPERTY = "circuitcheck"
 _PREVIOUS_SEED = pytest.StashKey[int]()
+_BASELINE = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -141,6 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
             return drifts[0].message() if drifts else None
 
         _claims.set_drift_check(check)
+        config.stash[_BASELINE] = baseline
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
 
 
@@ -150,7 +152,64 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _claims.set_current_test(item.nodeid)
+    claim = getattr(item, "claim", None)
+    stamp = {"task_hash": _task_hash(claim.task)} if claim is not None else None
+    _claims.set_current_test(item.nodeid, stamp)
+
+
+def _task_hash(spec: Any) -> str:
+    """A short hash of a task spec that does not depend on where the files are: a data file
+    counts by its name and content."""
+    import hashlib
+    from pathlib import Path
+
+    spec = dict(spec)
+    if isinstance(spec.get("path"), str):
+        p = Path(spec["path"])
+        try:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digest = "missing"
+        spec["path"] = f"{p.name}#{digest}"
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _provenance(config: pytest.Config, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's numbers depend on besides the claims: models (with a hash of local model
+    files), dtype, device kind, library versions, seed."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from .report._write import _versions
+
+    device = str(config.getoption("--cc-device"))
+    if device == "auto" and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    models: dict[str, str] = {}
+    for name in sorted({str(r["measurement"].get("model") or "") for r in results} - {""}):
+        path = None
+        if name.startswith("zoo:"):
+            from .zoo import ZOO_DIR
+
+            path = ZOO_DIR / name[4:]
+        elif Path(name).expanduser().is_dir():
+            path = Path(name).expanduser()
+        if path is None or not path.is_dir():
+            models[name] = "hub id (revision as given)"
+            continue
+        h = hashlib.sha256()
+        for f in sorted(path.glob("*")):
+            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".gguf"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+        models[name] = "files sha256:" + h.hexdigest()[:16]
+    return {"models": models, "dtype": str(config.getoption("--cc-dtype")),
+            "device_kind": device.split(":")[0], "versions": {
+                k: v for k, v in _versions().items() if k != "pytest"},
+            "seed": config.getoption("--cc-seed")}
 
 
 @pytest.fixture(scope="session")
@@ -406,6 +465,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     partial = collector.partial(config, int(exitstatus))
     if partial and results:
         tr.write_line("circuitcheck: PARTIAL run (" + "; ".join(partial) + ")")
+    provenance = _provenance(config, results)
+    baseline_path = config.getoption("--cc-baseline")
+    baseline_notes: dict[str, Any] = {}
+    if baseline_path:
+        from .report.baseline import load_provenance, provenance_changes, record_key
+
+        changes = provenance_changes(load_provenance(baseline_path), provenance)
+        unmatched = sorted(set(config.stash.get(_BASELINE, {}))
+                           - {record_key(r) for r in results})
+        for line in changes:
+            tr.write_line(f"circuitcheck: provenance changed since the baseline: {line}")
+        for key in unmatched:
+            tr.write_line(f"circuitcheck: baseline claim with no match in this run: {key}")
+        baseline_notes = {"provenance_changes": changes, "baseline_unmatched": unmatched}
     replace = config.getoption("--cc-replace-with-partial")
     save = config.getoption("--cc-save-baseline")
     if save:
@@ -416,7 +489,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                           "holds a full run (pass --cc-replace-with-partial to replace it)")
         else:
             tr.write_line(f"circuitcheck baseline written: "
-                          f"{save_baseline(save, results, partial=partial)}")
+                          f"{save_baseline(save, results, partial=partial, provenance=provenance)}")
     report_dir = config.getoption("--cc-report")
     if report_dir:
         from pathlib import Path
@@ -426,7 +499,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         meta = {"device": config.getoption("--cc-device"), "dtype": config.getoption("--cc-dtype"),
                 "seed": config.getoption("--cc-seed"),
                 "models": sorted({r["measurement"].get("model", "") for r in results}),
-                "baseline": config.getoption("--cc-baseline")}
+                "baseline": config.getoption("--cc-baseline"), "provenance": provenance,
+                **baseline_notes}
         if partial:
             meta["partial"] = "; ".join(partial)
         if partial and not replace and _is_full(Path(report_dir) / "results.json"):

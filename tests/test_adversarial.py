@@ -335,3 +335,47 @@ def test_bad_command_line_options_are_usage_errors(pytester, args, needle):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{needle}*"])
+
+
+def test_baseline_matches_from_any_directory_and_reports_what_changed(pytester, monkeypatch):
+    d = pytester.path / "circuits"
+    d.mkdir()
+    two = GOOD_FILE.split("  - name: out-of-range")[0] + (
+        "  - name: second\n    expect: {necessity: {at_most: 0.5, ablation: mean, metric: top1,"
+        " normalize: ablated}}\n")
+    (d / "good.yaml").write_text(two)
+    base = pytester.path / "base.json"
+    first = _run(pytester, f"--cc-save-baseline={base}")
+    first.assert_outcomes(passed=2)
+    saved = json.loads(base.read_text())
+    assert saved["provenance"]["dtype"] == "float32" and "zoo:planted" in saved["provenance"]["models"]
+    assert {c["nodeid"] for c in saved["claims"]} == {"circuits/good.yaml::good-one",
+                                                      "circuits/good.yaml::second"}
+    # from inside circuits/ (other node ids), one claim removed, another dtype
+    (d / "good.yaml").write_text(GOOD_FILE.split("  - name: out-of-range")[0])
+    monkeypatch.chdir(d)
+    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", "good.yaml",
+                                           f"--cc-baseline={base}", "--cc-dtype=float64")
+    second.assert_outcomes(passed=1)
+    out = second.stdout.str()
+    assert "DRIFTED" not in out
+    second.stdout.fnmatch_lines([
+        "*provenance changed since the baseline: dtype: 'float32' -> 'float64'*",
+        "*baseline claim with no match in this run: good.yaml::second*"])
+
+
+def test_repeated_claims_and_old_schemas_do_not_cross_compare(tmp_path):
+    from circuitcheck import _claims
+    from circuitcheck.report.baseline import BaselineError, load_baseline, record_key
+
+    _claims.take()
+    _claims.set_current_test("tests/t.py::test_x")
+    for value in (0.0, 1.0):
+        _claims.record({"claim": "same", "measurement": {"value": value}})
+    a, b = _claims.take()
+    assert record_key(a) == "t.py::test_x::same" and record_key(b) == "t.py::test_x::same#2"
+    for version in (0, -1, True, "1"):
+        p = tmp_path / f"b{version}.json"
+        p.write_text(json.dumps({"schema_version": version, "claims": []}))
+        with pytest.raises(BaselineError, match="schema_version"):
+            load_baseline(p)

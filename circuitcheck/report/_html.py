@@ -15,7 +15,7 @@ from . import _svg
 from ._assets import CSS, JS
 from ._svg import VERDICT_COLOURS, fmt, num
 
-VERDICTS = ("held", "failed", "inconclusive", "unmeasurable", "error")
+VERDICTS = ("held", "failed", "inconclusive", "unmeasurable")  # "error" shown when present
 _PARAM = re.compile(r"^(?P<base>.*?::[^\[]*)(?:\[(?P<param>.*)\])?$", re.S)
 
 
