@@ -308,8 +308,9 @@ def test_text_prompt_longer_than_the_context_is_refused(planted):
     from circuitcheck.errors import TaskError
 
     model, task, circuit = planted
-    long = " ".join([task.prompts[0]] * (model.cfg.n_ctx // 4 + 2))
-    bad = cc.Task(prompts=[long, task.prompts[1]], answers=task.answers[:2])
+    word = model.to_string(task.prompts[0][1:4])  # three words of the model's vocabulary
+    long = " ".join([word] * (model.cfg.n_ctx // 3 + 2))
+    bad = cc.Task(prompts=[long, word], answers=task.answers[:2])
     with pytest.raises(TaskError, match="longer than the model's context"):
         cc.faithfulness(model, bad, circuit, ablation="zero", metric="top1")
 
