@@ -11,11 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 RECORDS: list[dict[str, Any]] = []
-_state: dict[str, Any] = {"nodeid": "", "drift_check": None, "private": None}
+_state: dict[str, Any] = {"nodeid": "", "drift_check": None, "private": None, "seen": {},
+                          "stamp": {}}
 
 
-def set_current_test(nodeid: str) -> None:
+def set_current_test(nodeid: str, stamp: dict[str, Any] | None = None) -> None:
+    """The running test; ``stamp`` (e.g. the claim's task-spec hash) is added to the
+    measurement of every record it makes, before the baseline check sees it."""
     _state["nodeid"] = nodeid
+    _state["seen"] = {}
+    _state["stamp"] = dict(stamp or {})
 
 
 def set_drift_check(check: Callable[[dict[str, Any]], str | None] | None) -> None:
@@ -26,6 +31,12 @@ def set_drift_check(check: Callable[[dict[str, Any]], str | None] | None) -> Non
 def record(entry: dict[str, Any]) -> str | None:
     """Keep ``entry`` (stamped with the running test); return a drift message, if any."""
     entry.setdefault("nodeid", _state["nodeid"])
+    k = _state["seen"][entry["claim"]] = _state["seen"].get(entry["claim"], 0) + 1
+    if k > 1:  # the same claim name asserted again in one test: matched as #k, not as #1
+        entry["occurrence"] = k
+    if isinstance(entry.get("measurement"), dict):
+        for key, value in _state["stamp"].items():
+            entry["measurement"].setdefault(key, value)
     if _state["private"] is not None:
         _state["private"].append(entry)
         return None
@@ -56,3 +67,28 @@ def private() -> Iterator[list[dict[str, Any]]]:
         yield collected
     finally:
         _state["private"] = outer
+
+
+ERROR = "error"
+
+
+def error_record(claim: str, message: str, *, kind: str = "", nodeid: str | None = None,
+                 model: str = "") -> dict[str, Any]:
+    """The record of a claim that could not be checked (a file that cannot be read, a crash):
+    verdict ``error``, no value, the reason as its message - so the report still lists it."""
+    message = message if len(message) <= 2000 else message[:2000] + " ... (cut)"
+    entry: dict[str, Any] = {
+        "claim": claim, "kind": kind or ERROR, "verdict": ERROR, "op": None, "threshold": None,
+        "message": message,
+        "measurement": {"kind": kind or ERROR, "value": None, "ci": [None, None],
+                        "problem": message, "model": model, "per_prompt": []}}
+    if nodeid is not None:
+        entry["nodeid"] = nodeid
+    return entry
+
+
+def record_error(claim: str, message: str, *, kind: str = "", model: str = "") -> None:
+    """Keep an ``error_record`` for the running test (no drift check: nothing was measured)."""
+    entry = error_record(claim, message, kind=kind, model=model)
+    entry.setdefault("nodeid", _state["nodeid"])
+    RECORDS.append(entry)

@@ -25,9 +25,9 @@ from .stats import FAILED, HOLDS, INCONCLUSIVE, UNMEASURABLE, verdict
 from .tasks import Task
 
 def _check_threshold(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, got {value!r}")
-    return float(value)
+    from ._validate import real
+
+    return real(value, what)  # a finite number: nan / inf would decide nothing honestly
 
 
 def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
@@ -61,7 +61,9 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
                      + ", ".join(f"{format_head(h)} ({d:+.2f})" for h, d in top))
     node = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     if node:
-        lines.append(f"  reproduce  pytest \"{node}\" --cc-seed={m.seed}")
+        import shlex
+
+        lines.append(f"  reproduce  pytest {shlex.quote(node)} --cc-seed={m.seed}")
     return "\n".join(lines)
 
 
@@ -82,6 +84,9 @@ def _finish(name: str, m: Measurement, op: str, threshold: float, drops_fn: Any 
     """Decide the claim from ``m``'s interval and record it; ``extra`` lines go right under
     the message's first line."""
     __tracebackhide__ = True  # pytest shows the claim, not our frames
+    from ._validate import flag
+
+    flag(allow_inconclusive, "allow_inconclusive")
     v = verdict(m, **({"at_least": threshold} if op == ">=" else {"at_most": threshold}))
     ok = v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive)
 
@@ -140,7 +145,9 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         raise ValueError("name at least one head")
     if at_least is not None:
         at_least = _check_threshold(at_least, "at_least")
-    top = len(claimed) if top is None else int(top)
+    from ._validate import count
+
+    top = len(claimed) if top is None else count(top, "top")
     scores = head_scores(model, kind, **kwargs)
     L, H = scores.scores.shape
     for layer, h in claimed:
@@ -206,6 +213,10 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
     claimed = [parse_head(h) for h in ([heads] if isinstance(heads, str) else heads)]
     if not claimed:
         raise ValueError("name at least one head")
+    if top is not None:
+        from ._validate import count
+
+        top = count(top, "top")
     mc = stochastic_ablation(model, task, heads=claimed, top=top, by=by, trials=trials,
                              confidence=confidence, **kwargs)
     eff = getattr(mc, by)
@@ -266,19 +277,27 @@ def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task) -> Non
     se = test.details.get("se")
     z = _z(0.95)
     ci = (test.statistic - z * se, test.statistic + z * se) if se else (float("nan"),) * 2
+    n_prompts = test.details.get("n", len(task.prompts))
     m = Measurement(kind=test.name, value=test.statistic, ci=ci, per_prompt=np.array([]),
                     metric=f"p = {test.p_value:.3g} (alpha {test.alpha:g})",
                     metric_description=f"H0: {test.null}", ablation=test.details.get("ablation", ""),
                     model=getattr(model, "cc_name", ""), task=task.name,
-                    details={"p_value": test.p_value, "alpha": test.alpha, "null": test.null})
+                    details={"p_value": test.p_value, "alpha": test.alpha, "null": test.null,
+                             "n_prompts": n_prompts})
     entry = {"claim": claim, "kind": test.name, "verdict": HOLDS if ok else FAILED,
              "op": "p", "threshold": None, "p_value": test.p_value, "alpha": test.alpha,
-             "measurement": m.to_dict()}
+             "measurement": {**m.to_dict(), "n": n_prompts}}
     entry["message"] = (f"{test.summary()}; the claim "
                         f"{'holds' if ok else 'does not hold'}")
 
     def story() -> str:
         lines = [f"claim {claim!r} FAILED: {test.summary()}"]
+        if test.details.get("method") == "tost":
+            lines.append("  test       TOST: equivalence must be shown (both one-sided tests of "
+                         "|Δ| >= ε reject); more prompts or a larger ε make that possible")
+        elif test.details.get("method") == "shi":
+            lines.append("  test       Shi et al.: H0 is equivalence, rejected here")
+        lines.append(f"  n          {n_prompts} prompts")
         for key, value in test.details.items():
             if key not in ("reference_gains",):
                 lines.append(f"  {key:<10} {value}")
@@ -289,11 +308,16 @@ def _test_record(claim: str, test: Any, ok: bool, model: Any, task: Task) -> Non
 
 def assert_equivalent(model: Any, task: Task, circuit: Circuit, *, epsilon: float = 0.1,
                       alpha: float = 0.05, name: str | None = None, **kwargs: Any) -> Any:
-    """Assert the circuit survives the equivalence test (H0 |Δ| <= ε is not rejected)."""
+    """Assert the circuit is shown equivalent to the full model within ε.
+
+    By default a TOST test (H0: |Δ| >= ε; holds only when both one-sided tests reject, so few
+    prompts cannot make it hold). ``method="shi"`` uses Shi et al.'s test instead (H0: |Δ| <= ε;
+    holds when not rejected - absence of evidence; the message says so)."""
     __tracebackhide__ = True
 
     test = equivalence(model, task, circuit, epsilon=epsilon, alpha=alpha, **kwargs)
-    _test_record(name or f"{circuit.name} is equivalent", test, not test.rejected, model, task)
+    ok = test.rejected if test.details.get("method") == "tost" else not test.rejected
+    _test_record(name or f"{circuit.name} is equivalent", test, ok, model, task)
     return test
 
 

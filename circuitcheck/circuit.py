@@ -33,8 +33,14 @@ def parse_head(value: Any) -> Head:
     ):
         return int(value[0]), int(value[1])
     raise CircuitError(
-        f"cannot read {value!r} as a head; write a head as [layer, head], '9.9' or 'L9H9'"
+        f"cannot read {_short(value)} as a head; write a head as [layer, head], '9.9' or 'L9H9'"
     )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a YAML alias can make it huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def format_head(head: Head) -> str:
@@ -62,8 +68,12 @@ class Circuit:
         parsed: dict[str, tuple[Head, ...]] = {}
         for gname, heads in groups.items():
             if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-                raise CircuitError(f"group {gname!r} must be a list of heads, got {heads!r}")
+                raise CircuitError(f"group {_short(gname)} must be a list of heads, got "
+                                   f"{_short(heads)}")
             parsed[str(gname)] = tuple(dict.fromkeys(parse_head(h) for h in heads))
+        if positions is not None and not isinstance(positions, Mapping):
+            raise CircuitError(f"positions must be a mapping {{group: position name}}, got "
+                               f"{_short(positions)}")
         positions = dict(positions or {})
         for gname, pos in positions.items():
             if gname not in parsed:
@@ -73,6 +83,16 @@ class Circuit:
                 )
             if pos is not None and not isinstance(pos, str):
                 raise CircuitError(f"position of group {gname!r} must be a position name, got {pos!r}")
+        if mlps is not None:
+            if isinstance(mlps, (str, bytes)) or not isinstance(mlps, Iterable):
+                raise CircuitError(f"mlps must be a list of MLP layer numbers, got {_short(mlps)}")
+            mlps = list(mlps)
+            bad = [m for m in mlps if isinstance(m, bool) or not isinstance(m, int)]
+            if bad:
+                raise CircuitError(f"mlps must be a list of MLP layer numbers, got {_short(bad[0])} "
+                                   "in it")
+        if not isinstance(name, str) or not name:
+            raise CircuitError(f"a circuit's name must be a non-empty string, got {_short(name)}")
         object.__setattr__(self, "groups", parsed)
         object.__setattr__(self, "positions", {g: p for g, p in positions.items() if p is not None})
         object.__setattr__(self, "mlps", None if mlps is None else tuple(sorted({int(m) for m in mlps})))

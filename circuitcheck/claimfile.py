@@ -56,6 +56,19 @@ class _LineDict(dict):
     key_lines: dict[str, int]
 
 
+#: The most YAML nodes a claim file may expand to through aliases (``*ref``): a few hundred
+#: bytes of nested aliases (a "billion laughs") otherwise cost gigabytes.
+MAX_EXPANDED_NODES = 20_000
+#: The longest error message a claim item shows (a huge value is cut, not printed whole).
+MAX_MESSAGE = 2_000
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _loader() -> type:
     import yaml
 
@@ -63,6 +76,14 @@ def _loader() -> type:
         pass
 
     def mapping(loader: Any, node: Any) -> _LineDict:
+        seen: dict[Any, int] = {}
+        for k, _ in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else id(k)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {k.value!r} (first on line {seen[key]}); a "
+                    "repeated key would silently keep only the last value", k.start_mark)
+            seen[key] = k.start_mark.line + 1
         out = _LineDict(loader.construct_mapping(node, deep=True))
         out.line = node.start_mark.line + 1
         out.key_lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
@@ -70,6 +91,59 @@ def _loader() -> type:
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return Loader
+
+
+def _expanded_size(node: Any, limit: int) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (stops past ``limit``)."""
+    import yaml
+
+    memo: dict[int, int] = {}
+
+    def size(n: Any) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        memo[id(n)] = limit + 1  # a cycle (recursive alias) counts as too large
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child)
+                if total > limit:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > limit:
+                    break
+        memo[id(n)] = min(total, limit + 1)
+        return memo[id(n)]
+
+    return size(node)
+
+
+def _load_yaml(path: Path) -> Any:
+    """The document of ``path``: UTF-8, no duplicate keys, aliases within a small expansion."""
+    import yaml
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ClaimFileError(f"{_where(path, None)}:{line}: not UTF-8 text (byte "
+                             f"{raw[exc.start]:#04x} at offset {exc.start}); save the file as "
+                             "UTF-8") from None
+    loader = _loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+            raise ClaimFileError(f"{_where(path, None)}: YAML aliases expand this file to more "
+                                 f"than {MAX_EXPANDED_NODES} values (or refer to themselves); "
+                                 "refusing it - write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
@@ -112,11 +186,11 @@ def _where(path: Path, node: Any, key: str | None = None) -> str:
 
 def _check_keys(path: Path, node: Any, allowed: tuple[str, ...], what: str) -> None:
     if not isinstance(node, Mapping):
-        raise ClaimFileError(f"{_where(path, node)}: {what} must be a mapping, got {node!r}")
+        raise ClaimFileError(f"{_where(path, node)}: {what} must be a mapping, got {_short(node)}")
     for key in node:
         if key not in allowed:
             raise ClaimFileError(
-                f"{_where(path, node, key)}: unknown key {key!r} in {what}"
+                f"{_where(path, node, key)}: unknown key {_short(key)} in {what}"
                 f"{did_you_mean(str(key), allowed)}; allowed keys are {list(allowed)}")
 
 
@@ -125,12 +199,13 @@ def validate_task_spec(path: Path, task: Any, what: str) -> dict[str, Any]:
 
     if not isinstance(task, Mapping):
         raise ClaimFileError(f"{_where(path, task)}: {what} must be a mapping like "
-                             f"{{builder: ioi, n: 50}}, got {task!r}")
+                             f"{{builder: ioi, n: 50}}, got {_short(task)}")
     if "builder" not in task:
         raise ClaimFileError(f"{_where(path, task)}: {what} needs 'builder', one of {list(BUILDERS)}")
     builder = task["builder"]
-    if builder not in BUILDERS:
-        raise ClaimFileError(f"{_where(path, task, 'builder')}: unknown task builder {builder!r}"
+    if not isinstance(builder, str) or builder not in BUILDERS:
+        raise ClaimFileError(f"{_where(path, task, 'builder')}: unknown task builder "
+                             f"{_short(builder)}"
                              f"{did_you_mean(str(builder), BUILDERS)}; use one of {list(BUILDERS)}")
     params = [p for p in inspect.signature(BUILDERS[builder]).parameters if p != "model"]
     for key in task:
@@ -139,9 +214,40 @@ def validate_task_spec(path: Path, task: Any, what: str) -> dict[str, Any]:
                 f"{_where(path, task, key)}: task builder {builder!r} has no argument {key!r}"
                 f"{did_you_mean(str(key), params)}; its arguments are {params}")
     out = dict(task)
-    if builder in ("jsonl", "csv", "copying") and isinstance(out.get("path"), str):
+    if builder in ("jsonl", "csv", "copying") and "path" in out:
+        if not isinstance(out["path"], str) or not out["path"]:
+            raise ClaimFileError(f"{_where(path, task, 'path')}: {builder} 'path' must be a file "
+                                 f"name, got {_short(out['path'])}")
         out["path"] = str((path.parent / out["path"]).resolve())
+        if not Path(out["path"]).is_file():
+            raise ClaimFileError(f"{_where(path, task, 'path')}: {builder} file "
+                                 f"{out['path']!r} does not exist (relative paths are read from "
+                                 "the claim file's directory)")
     return out
+
+
+def _check_values(path: Path, spec: Mapping[str, Any], kind: str) -> None:
+    """Each value of an expectation has the right type and range (``_validate.KEY_CHECKS``)."""
+    from . import _validate as v
+
+    for key, value in spec.items():
+        check = v.KEY_CHECKS.get(key)
+        if key in ("ablation", "metric"):
+            check = v.names if kind == "robust" else v.text
+        if key == "require" and value != "all" and not (
+                isinstance(value, list) and value and all(isinstance(x, Mapping) for x in value)):
+            raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.require must be 'all' or a "
+                                 f"list of mappings like {{ablation: mean}}, got {_short(value)}")
+        if key == "heads" and (isinstance(value, (str, bytes)) or not isinstance(value, list)
+                               or not value):
+            raise ClaimFileError(f"{_where(path, spec, key)}: {kind}.heads must be a non-empty "
+                                 f"list of heads like [\"1.1\"], got {_short(value)}")
+        if check is None or (value is None and key in ("exclusion_keep_prob", "top")):
+            continue
+        try:
+            check(value, f"{kind}.{key}")
+        except v.ArgumentError as exc:
+            raise ClaimFileError(f"{_where(path, spec, key)}: {exc}") from None
 
 
 def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
@@ -157,6 +263,11 @@ def _check_expect(path: Path, expect: Any) -> dict[str, dict[str, Any]]:
                                                                               allowed, what))
         except SpecError as exc:
             raise ClaimFileError(f"{_where(path, exc.node, exc.key)}: {exc}") from None
+        if kind == "head_scores":
+            for score_kind, sub in spec.items():
+                _check_values(path, sub, f"head_scores.{score_kind}")
+        else:
+            _check_values(path, spec, kind)
     return out
 
 
@@ -171,7 +282,7 @@ def read_claim_file(path: str | Path) -> ClaimFile:
 
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_loader())
+        data = _load_yaml(path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{_where(path, None)}:{mark.line + 1}" if mark else _where(path, None)
@@ -187,10 +298,16 @@ def read_claim_file(path: str | Path) -> ClaimFile:
     for i, raw in enumerate(claims):
         name = raw.get("name", f"claim-{i}") if isinstance(raw, Mapping) else f"claim-{i}"
         line = getattr(raw, "line", 0)
+        bad_name = not isinstance(name, str) or not name.strip()
+        if bad_name:
+            name, given = f"claim-{i}", name
         try:
             _check_keys(path, raw, CLAIM_KEYS, f"claim {name!r}")
             if "name" not in raw:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {i} needs a 'name'")
+            if bad_name:
+                raise ClaimFileError(f"{_where(path, raw, 'name')}: claim {i}'s name must be a "
+                                     f"text, got {_short(given)}; quote it (name: \"...\")")
             if name in seen:
                 raise ClaimFileError(f"{_where(path, raw, 'name')}: claim name {name!r} is used twice")
             seen.add(name)
@@ -222,7 +339,10 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                               task, circuit, expect, str(raw.get("source", data.get("source", ""))),
                               str(raw.get("description", "")), dict(raw)))
         except ClaimFileError as exc:
-            errors.append((str(name), line, str(exc)))
+            errors.append((str(name), line, str(exc)[:MAX_MESSAGE]))
+        except Exception as exc:  # noqa: BLE001 - one bad value must not hide the other claims
+            errors.append((str(name), line, f"{_where(path, raw)}: claim {name!r} cannot be read: "
+                           f"{type(exc).__name__}: {str(exc)[:MAX_MESSAGE]}"))
     return ClaimFile(path, tuple(good), tuple(errors))
 
 
@@ -254,4 +374,14 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
             run_kind(KINDS[kind], model, task, claim.circuit, spec, claim.name)
         except AssertionError as exc:
             failures.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - recorded, so the report lists this claim
+            from . import _claims
+
+            text = f"claim {claim.name!r} ERROR in {kind}: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, CircuitCheckError):  # a bug of ours: say where it happened
+                import traceback
+
+                text += "\n" + "".join(traceback.format_tb(exc.__traceback__, limit=-3))
+            _claims.record_error(claim.name, text, kind=kind, model=claim.model)
+            failures.append(text)
     return failures

@@ -128,8 +128,11 @@ def _layer_norm_forward(self: Any, original: Callable[..., Any], hidden_states: 
     comp = self.original_component
     x = self.hook_in(hidden_states)
     dt = x.dtype
-    y = F.layer_norm(x if dt in (torch.float32, torch.float64) else x.float(),
-                     comp.normalized_shape, comp.weight, comp.bias, comp.eps)
+    xf = x if dt in (torch.float32, torch.float64) else x.float()
+    w, b = comp.weight, comp.bias  # half-precision weights join x's float32 (no mixed dtype)
+    w = w if w is None or w.dtype == xf.dtype else w.to(xf.dtype)
+    b = b if b is None or b.dtype == xf.dtype else b.to(xf.dtype)
+    y = F.layer_norm(xf, comp.normalized_shape, w, b, comp.eps)
     return self.hook_out(y.to(dt))
 
 

@@ -45,6 +45,15 @@ def resolve_device(device: str | None = "auto") -> str:
             f"device {device!r} was asked for but CUDA is not available on this machine; "
             "use device='auto' or device='cpu'"
         )
+    try:
+        kind = torch.device(str(device)).type
+    except (RuntimeError, ValueError):
+        raise ModelNotFoundError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N "
+                                 "or mps") from None
+    if kind == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise ModelNotFoundError(f"device {device!r} was asked for but MPS is not available on "
+                                 "this machine; use device='auto' or device='cpu'")
     return str(device)
 
 
@@ -94,8 +103,17 @@ def resolve_source(name_or_dir: str | os.PathLike) -> str:
                 "written by `model.save_pretrained(...)` (with its tokenizer)"
             )
         return str(path.resolve())
-    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
-        raise ModelNotFoundError(f"local model directory {name!r} does not exist")
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1 or (
+            "/" in name and Path(name.split("/")[0]).is_dir()):
+        raise ModelNotFoundError(f"local model directory {name!r} does not exist (it is not a "
+                                 "directory here, relative to the working directory)")
+    from . import zoo
+
+    bare = name.lower().removeprefix("zoo").lstrip("-_/ .")
+    if bare in zoo.KNOWN_MODELS and name != bare or name in zoo.KNOWN_MODELS:
+        raise ModelNotFoundError(f"{name!r} is not a known zoo model name; did you mean "
+                                 f"'{ZOO_PREFIX}{bare}'? (zoo models: "
+                                 f"{', '.join(ZOO_PREFIX + k for k in zoo.KNOWN_MODELS)})")
     if _offline() and not _in_hf_cache(name):
         raise ModelUnavailableError(_not_found_message(name))
     return name

@@ -22,6 +22,7 @@ from . import _claims, _settings
 
 PROPERTY = "circuitcheck"
 _PREVIOUS_SEED = pytest.StashKey[int]()
+_BASELINE = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,10 +46,82 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "max(0.05, the combined half-width of both intervals))")
     group.addoption("--cc-save-baseline", default=None, metavar="JSON",
                     help="write this run's claims as a baseline file")
+    group.addoption("--cc-replace-with-partial", action="store_true", default=False,
+                    help="let a partial run (-k/-m selection, node ids, -x, an interrupted run, "
+                         "collection errors) replace an existing full report or baseline")
+
+
+def _check_output_paths(config: pytest.Config) -> None:
+    """Refuse, before anything runs, a report or baseline path that cannot be written (so no
+    run's results are lost to a path found bad at the end), and a report directory holding an
+    ``index.html`` that circuitcheck did not write."""
+    from pathlib import Path
+
+    def writable_dir(d: Path, what: str) -> None:
+        if d.exists() and not d.is_dir():
+            raise pytest.UsageError(f"{what}: {str(d)!r} exists and is not a directory")
+        probe = d
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise pytest.UsageError(f"{what}: {str(probe)!r} is a file, so {str(d)!r} cannot "
+                                    "be made a directory")
+        import os
+
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise pytest.UsageError(f"{what}: {str(probe)!r} is not writable")
+
+    report = config.getoption("--cc-report")
+    if report:
+        d = Path(report)
+        writable_dir(d, "--cc-report")
+        page = d / "index.html"
+        if page.is_file():
+            try:
+                head = page.read_text(encoding="utf-8", errors="replace")[:2000]
+            except OSError:
+                head = ""
+            if "<title>circuitcheck report</title>" not in head:
+                raise pytest.UsageError(
+                    f"--cc-report: {str(page)!r} exists and is not a circuitcheck report; "
+                    "refusing to overwrite it - choose an empty or new directory")
+    for option in ("--cc-save-baseline",):
+        value = config.getoption(option)
+        if value:
+            f = Path(value)
+            if f.is_dir():
+                raise pytest.UsageError(f"{option}: {str(f)!r} is a directory; give a file "
+                                        "name such as baseline.json")
+            writable_dir(f.parent, option)
+
+
+_DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
+
+
+def _check_model_options(config: pytest.Config) -> None:
+    """``--cc-device`` / ``--cc-dtype`` / ``--cc-tolerance`` checked up front (without torch)."""
+    import math
+    import re
+
+    device = str(config.getoption("--cc-device"))
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise pytest.UsageError(f"--cc-device {device!r} is not a device; use auto, cpu, "
+                                "cuda, cuda:N or mps")
+    dtype = str(config.getoption("--cc-dtype"))
+    if dtype.removeprefix("torch.") not in _DTYPES:
+        raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
+                                "float32, bfloat16, float16 (or float64)")
+    tol = config.getoption("--cc-tolerance")
+    if tol is not None and not (math.isfinite(tol) and tol >= 0):
+        raise pytest.UsageError(f"--cc-tolerance must be a finite number >= 0, got {tol}: "
+                                "with nan or inf any drift would pass")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "circuitcheck: a declarative claim from a circuits/ file")
+    _check_model_options(config)
+    if not hasattr(config, "workerinput"):
+        _check_output_paths(config)
     config.addinivalue_line(
         "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
@@ -69,6 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
             return drifts[0].message() if drifts else None
 
         _claims.set_drift_check(check)
+        config.stash[_BASELINE] = baseline
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
 
 
@@ -78,7 +152,64 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _claims.set_current_test(item.nodeid)
+    claim = getattr(item, "claim", None)
+    stamp = {"task_hash": _task_hash(claim.task)} if claim is not None else None
+    _claims.set_current_test(item.nodeid, stamp)
+
+
+def _task_hash(spec: Any) -> str:
+    """A short hash of a task spec that does not depend on where the files are: a data file
+    counts by its name and content."""
+    import hashlib
+    from pathlib import Path
+
+    spec = dict(spec)
+    if isinstance(spec.get("path"), str):
+        p = Path(spec["path"])
+        try:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digest = "missing"
+        spec["path"] = f"{p.name}#{digest}"
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _provenance(config: pytest.Config, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's numbers depend on besides the claims: models (with a hash of local model
+    files), dtype, device kind, library versions, seed."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from .report._write import _versions
+
+    device = str(config.getoption("--cc-device"))
+    if device == "auto" and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    models: dict[str, str] = {}
+    for name in sorted({str(r["measurement"].get("model") or "") for r in results} - {""}):
+        path = None
+        if name.startswith("zoo:"):
+            from .zoo import ZOO_DIR
+
+            path = ZOO_DIR / name[4:]
+        elif Path(name).expanduser().is_dir():
+            path = Path(name).expanduser()
+        if path is None or not path.is_dir():
+            models[name] = "hub id (revision as given)"
+            continue
+        h = hashlib.sha256()
+        for f in sorted(path.glob("*")):
+            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".gguf"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+        models[name] = "files sha256:" + h.hexdigest()[:16]
+    return {"models": models, "dtype": str(config.getoption("--cc-dtype")),
+            "device_kind": device.split(":")[0], "versions": {
+                k: v for k, v in _versions().items() if k != "pytest"},
+            "seed": config.getoption("--cc-seed")}
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +284,12 @@ class ClaimFileCollector(pytest.File):
         try:
             parsed = read_claim_file(self.path)
         except ClaimFileError as exc:
-            yield ClaimErrorItem.from_parent(self, name="<file>", message=str(exc), line=0)
+            yield ClaimErrorItem.from_parent(self, name="<file>", message=str(exc)[:2000], line=0)
+            return
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the session
+            yield ClaimErrorItem.from_parent(
+                self, name="<file>", line=0,
+                message=f"{self.path}: cannot be read: {type(exc).__name__}: {str(exc)[:2000]}")
             return
         for claim in parsed.claims:
             yield ClaimItem.from_parent(self, name=claim.name, claim=claim)
@@ -209,11 +345,31 @@ class ClaimFailed(AssertionError):
     """A declarative claim that did not hold (its message is the whole story)."""
 
 
+def _claim_test(item: pytest.Item) -> bool:
+    """A YAML claim, or a Python test that loads a model through ``cc_model``."""
+    return isinstance(item, (ClaimItem, ClaimErrorItem)) or "cc_model" in getattr(
+        item, "fixturenames", ())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     if call.when == "call" or (call.when == "setup" and report.outcome != "passed"):
-        for entry in _claims.take():
+        entries = _claims.take()
+        crashed = call.excinfo is not None and not isinstance(
+            call.excinfo.value, (AssertionError, pytest.skip.Exception, KeyboardInterrupt))
+        if report.failed and _claim_test(item) and (crashed or not entries):
+            # a claim that failed to run is listed too, never left out of the report
+            value = call.excinfo.value if call.excinfo is not None else None
+            why = (item.message if isinstance(item, ClaimErrorItem)
+                   else f"{type(value).__name__}: {value}")
+            claim = getattr(getattr(item, "claim", None), "name", None) or item.name
+            model = getattr(getattr(item, "claim", None), "model", "")
+            entry = _claims.error_record(str(claim), str(why), nodeid=item.nodeid, model=model)
+            if call.when == "setup":
+                entry["message"] = f"setup failed: {entry['message']}"
+            entries.append(entry)
+        for entry in entries:
             report.user_properties.append((PROPERTY, json.dumps(entry)))
     return report
 
@@ -237,6 +393,43 @@ class _Collector:
         self.results: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.started = time.time()
+        self.deselected = 0
+        self.collect_errors = 0
+        self.interrupted = False
+
+    def pytest_deselected(self, items: Any) -> None:
+        self.deselected += len(items)
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.collect_errors += 1
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupted = True
+
+    def partial(self, config: pytest.Config, exitstatus: int) -> list[str]:
+        """Why this run did not check every claim it could have (empty: a full run)."""
+        why = []
+        if config.getoption("keyword", None):
+            why.append(f"-k {config.getoption('keyword')!r} selected some tests")
+        if config.getoption("markexpr", None):
+            why.append(f"-m {config.getoption('markexpr')!r} selected some tests")
+        if self.deselected and not why:
+            why.append(f"{self.deselected} tests deselected")
+        if any("::" in str(a) for a in config.args):
+            why.append("node ids named on the command line")
+        if self.collect_errors:
+            why.append(f"{self.collect_errors} collection errors")
+        if self.interrupted or exitstatus == int(pytest.ExitCode.INTERRUPTED):
+            why.append("the run was interrupted")
+        session = getattr(self, "session", None)
+        if session is not None and (session.shouldfail or session.shouldstop) and \
+                not self.interrupted:
+            why.append(f"the run stopped early ({session.shouldfail or session.shouldstop})")
+        return why
+
+    def pytest_sessionstart(self, session: Any) -> None:
+        self.session = session
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
@@ -257,6 +450,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.section("circuitcheck")
         for r in results:
             m = r["measurement"]
+            if r["verdict"] == "error":
+                first = str(r.get("message", "")).split("\n")[0]
+                tr.write_line(f"{'ERROR':>12}  {r['claim']}: {first[:200]}")
+                continue
             lo, hi = m["ci"]
             value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
             ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
@@ -265,19 +462,69 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     if hasattr(config, "workerinput"):
         return  # xdist workers: the controller writes the one merged report
+    partial = collector.partial(config, int(exitstatus))
+    if partial and results:
+        tr.write_line("circuitcheck: PARTIAL run (" + "; ".join(partial) + ")")
+    provenance = _provenance(config, results)
+    baseline_path = config.getoption("--cc-baseline")
+    baseline_notes: dict[str, Any] = {}
+    if baseline_path:
+        from .report.baseline import load_provenance, provenance_changes, record_key
+
+        changes = provenance_changes(load_provenance(baseline_path), provenance)
+        unmatched = sorted(set(config.stash.get(_BASELINE, {}))
+                           - {record_key(r) for r in results})
+        for line in changes:
+            tr.write_line(f"circuitcheck: provenance changed since the baseline: {line}")
+        for key in unmatched:
+            tr.write_line(f"circuitcheck: baseline claim with no match in this run: {key}")
+        baseline_notes = {"provenance_changes": changes, "baseline_unmatched": unmatched}
+    replace = config.getoption("--cc-replace-with-partial")
     save = config.getoption("--cc-save-baseline")
     if save:
         from .report.baseline import save_baseline
 
-        tr.write_line(f"circuitcheck baseline written: {save_baseline(save, results)}")
+        if partial and not replace and _is_full(save):
+            tr.write_line(f"circuitcheck baseline NOT written: this run is partial and {save} "
+                          "holds a full run (pass --cc-replace-with-partial to replace it)")
+        else:
+            tr.write_line(f"circuitcheck baseline written: "
+                          f"{save_baseline(save, results, partial=partial, provenance=provenance)}")
     report_dir = config.getoption("--cc-report")
     if report_dir:
+        from pathlib import Path
+
         from .report import write_report
 
         meta = {"device": config.getoption("--cc-device"), "dtype": config.getoption("--cc-dtype"),
                 "seed": config.getoption("--cc-seed"),
                 "models": sorted({r["measurement"].get("model", "") for r in results}),
-                "baseline": config.getoption("--cc-baseline")}
+                "baseline": config.getoption("--cc-baseline"), "provenance": provenance,
+                **baseline_notes}
+        if partial:
+            meta["partial"] = "; ".join(partial)
+        if partial and not replace and _is_full(Path(report_dir) / "results.json"):
+            tr.write_line(f"circuitcheck report NOT written: this run is partial and "
+                          f"{report_dir} holds a full run's report (pass "
+                          "--cc-replace-with-partial to replace it)")
+            return
         paths = write_report(report_dir, results, started=collector.started, meta=meta,
                              skipped=collector.skipped)
         tr.write_line(f"circuitcheck report: {paths['html']}")
+
+
+def _is_full(path: Any) -> bool:
+    """Whether ``path`` is a results / baseline file of a full (not partial) run."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return True
+    run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+    return not (doc.get("partial") or run.get("partial"))

@@ -126,7 +126,7 @@ def test_plugin_end_to_end(pytester, model_dirs, tiny, monkeypatch):
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines([
         "*claim 'one-head-is-50x' FAILED: faithfulness * < required 50.00*",
-        "*reproduce  pytest \"test_claims.py::test_fails\" --cc-seed=3*",
+        "*reproduce  pytest test_claims.py::test_fails --cc-seed=3*",
         "*HELD  everything: faithfulness 1.000 CI ?1.000, 1.000? >= 0.95*",
         "*FAILED  one-head-is-50x*",
         "claims: 1 failed, 1 held",

@@ -183,7 +183,7 @@ def test_baseline_round_trip(tmp_path):
     path = save_baseline(tmp_path / "reports" / "baseline.json", records)
     loaded = load_baseline(path)
     assert set(loaded) == {record_key(r) for r in records}
-    key = "tests/test_x.py::test_sweep[gpt2-main]::<script>alert(1)</script> & friends"
+    key = "test_x.py::test_sweep[gpt2-main]::<script>alert(1)</script> & friends"
     assert loaded[key]["measurement"]["value"] == 0.41
     assert "per_prompt" not in loaded[key]["measurement"]  # bulky arrays are left out
     assert "heatmaps" not in loaded[key]["measurement"]

@@ -86,8 +86,9 @@ def test_hypothesis_tests_accept_the_true_circuit_and_reject_a_wrong_one(zoo_mod
     wrong = cc.Circuit({"decoys": [(l, h) for l in range(L) for h in range(H)
                                    if (l, h) not in set(true.heads)][:len(true)]})
     common = dict(metric="top1", ablation="mean", alpha=0.05)
-    assert not cc.equivalence(model, task, true, epsilon=0.1, **common).rejected
-    assert cc.equivalence(model, task, wrong, epsilon=0.1, **common).rejected
+    # TOST: rejecting H0 |Δ| >= ε shows equivalence (the true circuit), not the wrong one
+    assert cc.equivalence(model, task, true, epsilon=0.1, **common).rejected
+    assert not cc.equivalence(model, task, wrong, epsilon=0.1, **common).rejected
     assert cc.localization(model, task, true, n_random=30, **common).rejected
     assert not cc.localization(model, task, wrong, n_random=30, **common).rejected
 

@@ -52,8 +52,12 @@ class _Setup:
 def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, metric: str,
            reference: str | None, normalize: str, seed: int | None, confidence: float,
            batch_size: int | None) -> _Setup:
+    from .. import _validate
+
     if not isinstance(task, Task):
         raise CircuitCheckError(f"task must be a cc.Task, got {type(task).__name__}")
+    confidence = _validate.open_unit(confidence, "confidence")
+    seed = _validate.seed(seed)
     if normalize not in NORMALIZE:
         raise CircuitCheckError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     enc = task.encode(model)
@@ -125,7 +129,18 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     den_lo, den_hi = bootstrap_ci(lambda i: full[i].mean(1) - b_rows[i].mean(1), n,
                                   confidence=s.confidence, seed=s.seed)
     ref = "zero" if s.normalize == "ratio" else f"the {s.normalize} baseline"
-    if not den or den_lo <= 0 <= den_hi:
+    ablated = base.get("ablated")
+    if n < 2:
+        problem = (f"only {n} prompt: an interval over prompts cannot be estimated from one, so "
+                   "the claim cannot be decided; use more prompts (20 or more)")
+    elif ablated is not None and np.allclose(full, ablated, rtol=1e-5, atol=1e-6) \
+            and not np.allclose(full, 0, atol=1e-6):
+        problem = (f"the ablation changes nothing: with every head ablated ({s.values.describe()}) "
+                   f"the {s.metric.name} equals the full model's on every prompt, so any circuit "
+                   "would score as the full model; e.g. a mean by template over one prompt per "
+                   "template replaces each activation by itself - use more prompts per template "
+                   "or another ablation")
+    elif not den or den_lo <= 0 <= den_hi:
         problem = (f"the full model does not do the task: its {s.metric.name} is "
                    f"{full.mean():.3g} against {b:.3g} for {ref} (difference CI "
                    f"[{den_lo:.3g}, {den_hi:.3g}] includes 0), so a ratio to it would divide by "

@@ -93,7 +93,11 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     if kind not in KINDS:
         raise CircuitCheckError(f"unknown head score {kind!r}{did_you_mean(kind, KINDS)}; "
                                 f"use one of {list(KINDS)}")
-    seed = _settings.seed() if seed is None else seed
+    from .. import _validate
+
+    n, seq_len = _validate.count(n, "n"), _validate.count(seq_len, "seq_len", minimum=2)
+    confidence = _validate.open_unit(confidence, "confidence")
+    seed = _settings.seed() if seed is None else _validate.seed(seed)
     pool = list(tokens) if tokens is not None else content_token_ids(model)
     if len(pool) < seq_len:
         raise CircuitCheckError(f"seq_len={seq_len} needs {seq_len} distinct tokens; the model "

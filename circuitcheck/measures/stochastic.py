@@ -273,10 +273,15 @@ def stochastic_ablation(
     """
     import torch
 
-    if not 0 < keep_prob < 1 or (exclusion_keep_prob is not None and not 0 < exclusion_keep_prob < 1):
-        raise CircuitCheckError("keep probabilities must be strictly between 0 and 1")
-    if trials < 1:
-        raise CircuitCheckError(f"trials must be positive, got {trials}")
+    from .. import _validate
+
+    keep_prob = _validate.open_unit(keep_prob, "keep_prob")
+    if exclusion_keep_prob is not None:
+        exclusion_keep_prob = _validate.open_unit(exclusion_keep_prob, "exclusion_keep_prob")
+    trials = _validate.count(trials, "trials")
+    min_trials = _validate.count(min_trials, "min_trials")
+    confidence = _validate.open_unit(confidence, "confidence")
+    seed = _validate.seed(seed)
     if by not in ("importance", "exclusion"):
         raise CircuitCheckError(f"by must be 'importance' or 'exclusion', got {by!r}")
     seed = _settings.seed() if seed is None else seed

@@ -13,6 +13,7 @@ code, pre { font: 12px/1.4 ui-monospace, 'SFMono-Regular', Menlo, Consolas, mono
 .card .n { display: block; font-size: 1.6em; font-weight: 700; }
 .card.held .n { color: #1a7f37; } .card.failed .n, .card.drifted .n { color: #c62828; }
 .card.inconclusive .n { color: #b26a00; } .card.unmeasurable .n { color: #6b6b8a; }
+.card.error .n { color: #7b1fa2; } .badge.error { background: #7b1fa2; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: .25em .5em;
   vertical-align: middle; text-align: left; }
 table.claims { font-size: 13px; width: 100%; } table.claims code { overflow-wrap: anywhere; }

@@ -15,7 +15,7 @@ from . import _svg
 from ._assets import CSS, JS
 from ._svg import VERDICT_COLOURS, fmt, num
 
-VERDICTS = ("held", "failed", "inconclusive", "unmeasurable")
+VERDICTS = ("held", "failed", "inconclusive", "unmeasurable")  # "error" shown when present
 _PARAM = re.compile(r"^(?P<base>.*?::[^\[]*)(?:\[(?P<param>.*)\])?$", re.S)
 
 
@@ -281,6 +281,10 @@ def _summary(doc: dict[str, Any]) -> str:
     head = ("no claims were checked" if not claims else
             f"all {len(claims)} claims held" if not bad else
             f"{bad} of {len(claims)} claims did not hold")
+    partial = (doc.get("run") or {}).get("partial")
+    if partial:
+        head = f"PARTIAL run ({partial}): {head}"
+        bad = bad or 1
     cards = "".join(f"<div class='card {_e(v)}'><span class='n'>{n}</span>{_e(v)}</div>"
                     for v, n in counts.items())
     return (f"<section class='summary'><p class='headline {'ok' if not bad else 'bad'}'>"

@@ -18,7 +18,7 @@ _SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 
 #: blue - white - red for signed data centred on zero.
 _DIVERGING = ((33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43))
 VERDICT_COLOURS = {"held": "#1a7f37", "failed": "#c62828", "inconclusive": "#b26a00",
-                   "unmeasurable": "#6b6b8a", "baseline": "#888888"}
+                   "unmeasurable": "#6b6b8a", "error": "#7b1fa2", "baseline": "#888888"}
 
 
 def num(x: Any) -> float | None:

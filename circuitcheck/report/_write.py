@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +15,26 @@ from ._html import render
 
 #: Bumped whenever a key of results.json changes meaning (documented in docs/report.md).
 SCHEMA_VERSION = 1
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and
+    ``os.replace``, so a reader (or a full disk) never sees a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
 
 
 def _versions() -> dict[str, str]:
@@ -72,8 +94,8 @@ def write_report(directory: str | Path, results: list[dict[str, Any]], *,
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     doc = build_document(results, started=started, meta=meta, skipped=skipped)
-    json_path = out / "results.json"
-    json_path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    html_path = out / "index.html"
-    html_path.write_text(render(doc), encoding="utf-8")
+    json_text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    html_text = render(doc)  # both rendered before either file is replaced
+    json_path = atomic_write(out / "results.json", json_text)
+    html_path = atomic_write(out / "index.html", html_text)
     return {"json": json_path, "html": html_path}

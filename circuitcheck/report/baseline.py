@@ -1,7 +1,12 @@
 """Compare a run's claims with a saved baseline run, so a measured value that moves is noticed.
 
 A baseline is a JSON file of claim records (``save_baseline``); a ``results.json`` written by
-``write_report`` works as one too. Records are matched by ``nodeid + "::" + claim``.
+``write_report`` works as one too. Records are matched by ``record_key``: the test's node id
+with its file's directories dropped (``circuits/x.yaml::c`` and ``x.yaml::c``, what pytest
+writes when run from ``circuits/``, are the same claim) plus the claim name, and ``#k`` for the
+k-th record of the same claim in one test (so repeated names never cross-compare). A baseline
+also stores the run's provenance (model, dtype, device kind, library versions, task specs);
+``provenance_changes`` says what differs.
 
 Default tolerance (used when none is given)::
 
@@ -38,8 +43,23 @@ class BaselineError(CircuitCheckError, ValueError):
 
 
 def record_key(record: dict[str, Any]) -> str:
-    """The key a claim record is matched by: ``nodeid + "::" + claim``."""
-    return f"{record.get('nodeid', '')}::{record['claim']}"
+    """The key a claim record is matched by, independent of the directory pytest ran from:
+    ``file name::test::claim`` (``#k`` added for a repeated claim in one test)."""
+    nodeid = str(record.get("nodeid", ""))
+    file, sep, rest = nodeid.partition("::")
+    file = file.replace("\\", "/").rsplit("/", 1)[-1]
+    k = record.get("occurrence", 1)
+    return f"{file}{sep}{rest}::{record['claim']}" + (f"#{k}" if k and k > 1 else "")
+
+
+def provenance_changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """``key: old -> new`` for every provenance entry that differs between two runs."""
+    old, new = old or {}, new or {}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: {old.get(key, 'not recorded')!r} -> {new.get(key, 'not recorded')!r}")
+    return out
 
 
 def _num(x: Any) -> float | None:
@@ -113,6 +133,8 @@ def compare(record: dict[str, Any], baseline_record: dict[str, Any],
 
     changed = [f"{k} {b.get(k)!r} -> {m.get(k)!r}" for k in ("kind", "metric", "ablation")
                if b.get(k) != m.get(k)]
+    if b.get("task_hash") and m.get("task_hash") and b["task_hash"] != m["task_hash"]:
+        changed.append("the task spec changed")
     if changed:
         return make("measured differently: " + ", ".join(changed))
     if new is None and old is None:
@@ -152,21 +174,33 @@ def _slim(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_baseline(path: str | Path, results: list[dict[str, Any]]) -> Path:
-    """Write ``results`` as a baseline (sorted by key, bulky per-prompt data left out)."""
+def save_baseline(path: str | Path, results: list[dict[str, Any]], *,
+                  partial: list[str] | None = None,
+                  provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``results`` as a baseline (sorted by key, bulky per-prompt data left out).
+
+    ``partial``: why the run did not check every claim (stored, so a later full run is not
+    compared against, or replaced by, a partial one unknowingly). The file is replaced
+    atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     claims = sorted((_slim(r) for r in results), key=record_key)
     doc = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": "circuitcheck-baseline",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "claims": claims}
-    p.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    return p
+    if partial:
+        doc["partial"] = "; ".join(partial)
+    if provenance:
+        doc["provenance"] = provenance
+    from ._write import atomic_write
+
+    return atomic_write(p, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
     """Claim records of a baseline (or of a ``results.json``), keyed by ``record_key``.
 
-    When a key occurs twice (one test asserting the same claim twice), the last record wins.
+    A repeated claim in one test is keyed ``#k`` by its ``occurrence``; if a key still occurs
+    twice, the last record wins. The file's provenance is in ``load_provenance``.
     """
     p = Path(path)
     try:
@@ -178,7 +212,8 @@ def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
         raise BaselineError(f"baseline {str(p)!r} is not readable JSON: {exc}") from None
     if isinstance(doc, dict):
         version = doc.get("schema_version", BASELINE_SCHEMA_VERSION)
-        if not isinstance(version, int) or version > BASELINE_SCHEMA_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or not (
+                1 <= version <= BASELINE_SCHEMA_VERSION):
             raise BaselineError(f"baseline {str(p)!r} has schema_version {version!r}; this "
                                 f"circuitcheck reads up to {BASELINE_SCHEMA_VERSION}")
         doc = doc.get("claims")
@@ -193,3 +228,15 @@ def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
                                 f"'nodeid' and 'measurement.value'; got {str(r)[:120]}")
         out[record_key(r)] = r
     return out
+
+
+def load_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance a baseline (or ``results.json``) recorded; ``{}`` when it has none."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    prov = doc.get("provenance") or (doc.get("run") or {}).get("provenance")
+    return prov if isinstance(prov, dict) else {}

@@ -129,7 +129,7 @@ def _tokenize_prompt(model: Any, prompt: Prompt, i: int, what: str) -> list[int]
     if isinstance(prompt, str):
         if not prompt:
             raise TaskError(f"{what}[{i}] is an empty string")
-        ids = model.to_tokens(prompt)[0].tolist()
+        ids = model.to_tokens(prompt, truncate=False)[0].tolist()  # too long: refused, not cut
         _check_known(model, prompt, ids, f"{what}[{i}]")
         return ids
     ids = [int(t) for t in prompt]
