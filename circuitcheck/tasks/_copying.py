@@ -15,8 +15,12 @@ TRIPLES = (("Tom", "eats", "apples"), ("Mary", "reads", "books"), ("John", "drin
 
 
 def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
-            only_correct: bool = False, seed: int = 0, path: str | None = None) -> Task:
+            only_correct: bool = False, seed: int = 0, path: str | None = None,
+            template: str = "{S} {V} {O}. {S} {V}") -> Task:
     """One prompt per (subject, verb, object): ``"S V O. S V"`` -> ``" O"``.
+
+    ``template`` places the three words (``{S}``, ``{V}``, ``{O}``); it must end where the
+    object is to be copied, e.g. ``"Every day {S} {V} {O}. Every day {S} {V}"``.
 
     ``path``: a text file with one ``subject verb object`` line per prompt (``#`` comments),
     read instead of ``triples`` (``circuits/data/copying_triples.txt`` holds seed 000's 60).
@@ -29,13 +33,19 @@ def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
         triples = read_triples(path)
     if len(triples) < 2:
         raise TaskError("copying needs at least two (subject, verb, object) triples")
+    for slot in ("{S}", "{V}", "{O}"):
+        if slot not in template:
+            raise TaskError(f"copying template {template!r} has no {slot} slot")
+    if template.rstrip().endswith("{O}"):
+        raise TaskError(f"copying template {template!r} ends with the object; it must end "
+                        "where the object is to be predicted (e.g. '... {S} {V}')")
     rng = random.Random(seed)
     prompts, answers, wrong, corrupted = [], [], [], []
     for i, (s, v, o) in enumerate(triples):
         j = rng.choice([k for k in range(len(triples)) if triples[k][2] != o])
         s2, v2, o2 = triples[j]
-        prompts.append(f"{s} {v} {o}. {s} {v}")
-        corrupted.append(f"{s} {v} {o2}. {s} {v}")
+        prompts.append(template.replace("{S}", s).replace("{V}", v).replace("{O}", o))
+        corrupted.append(template.replace("{S}", s).replace("{V}", v).replace("{O}", o2))
         answers.append(" " + o)
         wrong.append(" " + o2)
     task = Task(prompts=prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
