@@ -40,8 +40,10 @@ from .claimkinds import run as run_kind
 from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
 
-FILE_KEYS = ("model", "revision", "task", "circuit", "claims", "source", "description")
-CLAIM_KEYS = ("name", "model", "revision", "task", "circuit", "expect", "description", "source")
+FILE_KEYS = ("model", "revision", "prepend_bos", "task", "circuit", "claims", "source",
+             "description")
+CLAIM_KEYS = ("name", "model", "revision", "prepend_bos", "task", "circuit", "expect",
+              "description", "source")
 # The schema of ``expect`` comes from the claim registry (``circuitcheck.claimkinds``): one
 # declaration per kind gives its keys, their types, what is required and what it needs.
 EXPECT_KEYS = {name: kind.keys for name, kind in KINDS.items()}
@@ -161,6 +163,7 @@ class Claim:
     source: str = ""
     description: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    prepend_bos: bool | None = None  # None: the model's tokenizer convention
 
 
 @dataclass(frozen=True)
@@ -335,9 +338,15 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                                      f"{sorted(set(expect) & NEEDS_CIRCUIT)} but names no circuit")
             if circuit is not None and circuit.name == "circuit":
                 circuit = Circuit(circuit.groups, circuit.positions, circuit.mlps, name=name)
+            bos = raw.get("prepend_bos", data.get("prepend_bos"))
+            if bos is not None and not isinstance(bos, bool):
+                node = raw if "prepend_bos" in raw else data
+                raise ClaimFileError(f"{_where(path, node, 'prepend_bos')}: prepend_bos must be "
+                                     f"true or false (leave it out to follow the model's "
+                                     f"tokenizer), got {_short(bos)}")
             good.append(Claim(name, path, line, str(model), raw.get("revision", data.get("revision")),
                               task, circuit, expect, str(raw.get("source", data.get("source", ""))),
-                              str(raw.get("description", "")), dict(raw)))
+                              str(raw.get("description", "")), dict(raw), bos))
         except ClaimFileError as exc:
             errors.append((str(name), line, str(exc)[:MAX_MESSAGE]))
         except Exception as exc:  # noqa: BLE001 - one bad value must not hide the other claims

@@ -3,7 +3,8 @@
 Registered through the ``pytest11`` entry point, so it is imported on every pytest run in the
 environment: it stays thin and never imports torch until a test asks for a model.
 
-- ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-seed``, ``--cc-report DIR``
+- ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-prepend-bos``, ``--cc-seed``,
+  ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -34,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="device for models: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
     group.addoption("--cc-dtype", default="float32", metavar="DTYPE",
                     help="dtype for models: float32 (default), bfloat16, float16")
+    group.addoption("--cc-prepend-bos", default=None, choices=("on", "off", "tokenizer"),
+                    help="start token: 'tokenizer' (default: BOS only where the model's HF "
+                         "tokenizer adds it), 'on' or 'off' (overrides YAML prepend_bos)")
     group.addoption("--cc-seed", default=0, type=int, metavar="SEED",
                     help="seed for bootstraps and sampling (default 0)")
     group.addoption("--cc-report", default=None, metavar="DIR",
@@ -123,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         _check_output_paths(config)
     config.addinivalue_line(
-        "markers", "circuitcheck_model(name, revision=None): the model the cc_model fixture "
+        "markers", "circuitcheck_model(name, revision=None, prepend_bos=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
     config.stash[_PREVIOUS_SEED] = _settings.seed()
     _settings.set_seed(config.getoption("--cc-seed"))
@@ -189,8 +193,18 @@ def _provenance(config: pytest.Config, results: list[dict[str, Any]]) -> dict[st
         torch = sys.modules["torch"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
     models: dict[str, str] = {}
+    from . import gguf
+
     for name in sorted({str(r["measurement"].get("model") or "") for r in results} - {""}):
         path = None
+        try:
+            gguf_file = gguf.named_model(name) or (
+                Path(name).expanduser() if name.lower().endswith(".gguf") else None)
+        except Exception:  # noqa: BLE001 - a missing wheel: provenance says so below
+            gguf_file = None
+        if gguf_file is not None and gguf_file.is_file():
+            models[name] = "gguf sha256:" + gguf.file_hash(gguf_file)[:16]
+            continue
         if name.startswith("zoo:"):
             from .zoo import ZOO_DIR
 
@@ -209,7 +223,9 @@ def _provenance(config: pytest.Config, results: list[dict[str, Any]]) -> dict[st
     return {"models": models, "dtype": str(config.getoption("--cc-dtype")),
             "device_kind": device.split(":")[0], "versions": {
                 k: v for k, v in _versions().items() if k != "pytest"},
-            "seed": config.getoption("--cc-seed")}
+            "seed": config.getoption("--cc-seed"),
+            "prepend_bos": config.getoption("--cc-prepend-bos") or "per claim (default: the "
+                                                                   "model's tokenizer)"}
 
 
 @pytest.fixture(scope="session")
@@ -232,14 +248,18 @@ def worker_device(config: pytest.Config, n_gpus: int | None = None) -> str:
     return f"cuda:{int(worker[2:]) % n_gpus}" if n_gpus > 1 else device
 
 
-def _load(config: pytest.Config, name: str, revision: str | None) -> Any:
+def _load(config: pytest.Config, name: str, revision: str | None,
+          prepend_bos: bool | None = None) -> Any:
     """Load (once per process) or skip with one line when a hub model is not available."""
     from .errors import ModelUnavailableError
     from .models import load_model
 
     name = config.getoption("--cc-model") or name
+    option = config.getoption("--cc-prepend-bos")
+    if option is not None:
+        prepend_bos = {"on": True, "off": False, "tokenizer": None}[option]
     try:
-        return load_model(name, device=worker_device(config),
+        return load_model(name, device=worker_device(config), prepend_bos=prepend_bos,
                           dtype=config.getoption("--cc-dtype"), revision=revision)
     except ModelUnavailableError as exc:
         pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
@@ -252,7 +272,7 @@ def cc_model(request: pytest.FixtureRequest) -> Any:
     Loaded once per process and shared; a hub model that is not available offline skips the
     test with one line saying which model and how to provide it.
     """
-    name, revision = None, None
+    name, revision, bos = None, None, None
     marker = request.node.get_closest_marker("circuitcheck_model")
     if marker is not None:
         if not marker.args:
@@ -260,11 +280,12 @@ def cc_model(request: pytest.FixtureRequest) -> Any:
                                     "@pytest.mark.circuitcheck_model('zoo:planted')")
         name = marker.args[0]
         revision = marker.kwargs.get("revision")
+        bos = marker.kwargs.get("prepend_bos")
     if name is None and request.config.getoption("--cc-model") is None:
         pytest.fail("no model for cc_model: mark the test with "
                     "@pytest.mark.circuitcheck_model('NAME') or pass --cc-model NAME",
                     pytrace=False)
-    return _load(request.config, name or "", revision)
+    return _load(request.config, name or "", revision, bos)
 
 
 def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> pytest.Collector | None:
@@ -308,7 +329,7 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         from .claimfile import run_claim
 
-        model = _load(self.config, self.claim.model, self.claim.revision)
+        model = _load(self.config, self.claim.model, self.claim.revision, self.claim.prepend_bos)
         failures = run_claim(self.claim, model)
         if failures:
             raise ClaimFailed("\n\n".join(failures))

@@ -52,8 +52,8 @@ def _is_heads(v: Any) -> bool:
 
 
 NUMBER = ParamType("number", "a number", _is_number)
-INT = ParamType("int", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-TEXT = ParamType("str", "a string", lambda v: isinstance(v, str))
+INT = ParamType("int", "a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+TEXT = ParamType("str", "a name (a string)", lambda v: isinstance(v, str))
 BOOL = ParamType("bool", "true or false", lambda v: isinstance(v, bool))
 TEXTS = ParamType("str | list", "a string or a list of strings",
                   lambda v: isinstance(v, str) or (isinstance(v, list)

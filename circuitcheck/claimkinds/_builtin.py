@@ -83,8 +83,8 @@ register(ClaimKind(
     name="equivalence", summary="the circuit's metric is within epsilon of the model's (TOST)",
     target="circuit", assertion=A + "assert_equivalent", measure=M + "equivalence",
     params=_test_params(Param("epsilon", NUMBER, doc="allowed difference")),
-    verdict="held when H0 |F(M) - F(C)| <= epsilon is not rejected at alpha",
-    records="equivalence", figures=(),
+    verdict="held when TOST rejects H0 |F(M) - F(C)| >= epsilon at alpha (both one-sided tests)",
+    records="equivalence (<method>)", figures=(),
     example={"epsilon": 0.1, "alpha": 0.05, "metric": "top1"}))
 
 register(ClaimKind(
