@@ -1,4 +1,5 @@
-"""Head scores from attention patterns: previous-token, duplicate-token and induction.
+"""Head scores from attention patterns: previous-token, duplicate-token, induction, first-token
+(BOS) and self (current-token).
 
 Measured on sequences ``[BOS] r1 .. rn r1 .. rn`` of distinct random tokens (Olsson et al.
 2022; TransformerLens's head detector uses the same diagonals):
@@ -6,7 +7,12 @@ Measured on sequences ``[BOS] r1 .. rn r1 .. rn`` of distinct random tokens (Ols
 - previous_token: mean attention from position i to i - 1 (i >= 2, so BOS is not the target);
 - duplicate_token: mean attention from a token of the repeat to its earlier occurrence;
 - induction: mean attention from a token of the repeat to the token that followed its earlier
-  occurrence.
+  occurrence;
+- bos: mean attention from every position i >= 1 to the first token (attention sinks);
+- self: mean attention from every position i >= 1 to itself.
+
+With ``task=`` the scores are measured on that task's own prompts instead
+(``circuitcheck.measures.attention_positions.task_head_scores``).
 
 Scores are means over sequences, with bootstrap intervals over sequences. Only the needed
 diagonals are kept from each pattern (no full activation cache).
@@ -23,7 +29,7 @@ from ..circuit import Head, format_head, parse_head
 from ..errors import CircuitCheckError, did_you_mean
 from ._result import ResultProtocol, jsonable
 
-KINDS = ("previous_token", "duplicate_token", "induction")
+KINDS = ("previous_token", "duplicate_token", "induction", "bos", "self")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,8 +88,9 @@ class HeadScores(ResultProtocol):
 
 def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: int = 20,
                 seed: int | None = None, tokens: Any = None, confidence: float = 0.95,
-                batch_size: int | None = None) -> HeadScores:
-    """Score every head of ``model`` for ``kind`` on ``n`` repeated random sequences."""
+                batch_size: int | None = None, task: Any = None) -> HeadScores:
+    """Score every head of ``model`` for ``kind`` on ``n`` repeated random sequences (or, with
+    ``task``, on the task's own prompts)."""
     import torch
 
     from ..interventions._batching import rows_per_batch
@@ -95,6 +102,12 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
                                 f"use one of {list(KINDS)}")
     from .. import _validate
 
+    if task is not None:
+        from .attention_positions import task_head_scores
+
+        return task_head_scores(model, task, kind, confidence=confidence,
+                                seed=_settings.seed() if seed is None else seed,
+                                batch_size=batch_size)
     n, seq_len = _validate.count(n, "n"), _validate.count(seq_len, "seq_len", minimum=2)
     confidence = _validate.open_unit(confidence, "confidence")
     seed = _settings.seed() if seed is None else _validate.seed(seed)
@@ -115,6 +128,9 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     q = torch.arange(P)
     if kind == "previous_token":
         queries, keys = q[2:], q[2:] - 1
+    elif kind in ("bos", "self"):
+        queries = q[1:]
+        keys = torch.zeros_like(queries) if kind == "bos" else queries
     elif kind == "duplicate_token":
         queries = q[1 + seq_len:]
         keys = queries - seq_len
