@@ -229,3 +229,4 @@ from . import _builtin  # noqa: E402,F401  (registers the built-in kinds)
 __all__ = ["ANY", "BOOL", "EXAMPLE_FILE", "HEADS", "INT", "KINDS", "NUMBER", "TEXT", "TEXTS",
            "ClaimKind", "Param", "ParamType", "SpecError", "get", "readme_list", "register",
            "resolve", "run", "validate"]
+from . import _analysis  # noqa: E402,F401  (OV copying, attention, compensation, logit lens)
