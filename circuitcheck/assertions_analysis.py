@@ -16,7 +16,7 @@ from .measures import Measurement
 from .measures._patching_base import _heads
 from .measures.attention_positions import position_attention
 from .measures.compensation import compensation
-from .measures.head_scores import HeadScores
+from .measures._scores import HeadScores
 from .measures.logit_lens import logit_lens
 from .measures.ov import ov_copying, ov_eigen_scores
 from .tasks import Task

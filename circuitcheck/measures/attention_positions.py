@@ -26,7 +26,7 @@ from ..circuit import format_head, parse_head
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ._heads_common import boot_heads, per_query_head
 from ._result import ResultProtocol, jsonable
-from .head_scores import HeadScores
+from ._scores import HeadScores
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -7,7 +7,8 @@ notebooks compute them.
   W_E W_V W_O W_U (``circuit="full"``, Elhage et al. 2021). 1: the head maps every direction
   onto a positive multiple of itself (copies); -1: onto a negative one (suppresses). The
   non-zero eigenvalues of a product are those of its cyclic permutation, so both are computed
-  on d_head x d_head matrices.
+  on d_head x d_head matrices. A head whose eigenvalues are rounding noise (an OV circuit that
+  writes only where it does not read: nilpotent) scores NaN.
 - :func:`ov_copying`: the full-OV-circuit copying score on a task's names (Wang et al. 2022,
   the name-mover check): for each name token t, x = W_E[t] (plus the first MLP's output on it,
   ``mlp0=True``, as the notebook does), pushed through the head's W_V W_O (``-W_V W_O`` for
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..errors import CircuitCheckError
 from ._heads_common import W_V_per_head, boot_heads
-from .head_scores import HeadScores
+from ._scores import HeadScores
 
 CIRCUITS = ("ov", "full")
 
@@ -47,7 +48,12 @@ def ov_eigen_scores(model: Any, *, circuit: str = "ov") -> HeadScores:
         mid = (model.W_U.detach().double() @ model.W_E.detach().double())  # [d, d]
         M = W_O @ mid.to(W_O.device) @ W_V  # eig(W_E W_V W_O W_U) \ {0}
     lam = torch.linalg.eigvals(M.cpu())  # [L, H, dh]
-    score = (lam.real.sum(-1) / lam.abs().sum(-1).clamp_min(1e-300)).numpy()
+    mass = lam.abs().sum(-1)
+    score = (lam.real.sum(-1) / mass.clamp_min(1e-300)).numpy()
+    # a head whose OV circuit is (numerically) nilpotent - it writes only where it does not
+    # read - has eigenvalues of rounding noise: its score is undefined (NaN), not a number
+    size = (torch.linalg.matrix_norm(W_O) * torch.linalg.matrix_norm(W_V)).cpu()
+    score[(mass <= 1e-6 * size).numpy()] = np.nan
     return HeadScores(f"ov_eigenvalue{'' if circuit == 'ov' else ' (full)'}", score,
                       score.copy(), score.copy(), score[None], 1.0)
 
