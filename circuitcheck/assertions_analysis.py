@@ -108,6 +108,7 @@ def assert_attends(model: Any, task: Task, heads: Any, *, to: Any,
     desc = f"{pa.what} from {at} to {pa.targets[0]} on {pa.n} {prompts} prompts"
     m = _weakest(scores, hs, op, kind="attention", metric=pa.what, description=desc,
                  model=model, task=task.name, seed=seed)
+    m.details["patterns"] = attention_pictures(model, task, hs, at, target, prompts)
     label = ", ".join(format_head(h) for h in hs)
     rel = "at least" if op == ">=" else "at most"
     claim = name or f"{label} attend{'s' * (len(hs) == 1)} from {at} to {pa.targets[0]} " \
@@ -115,6 +116,47 @@ def assert_attends(model: Any, task: Task, heads: Any, *, to: Any,
     return _finish(claim, m, op, threshold, allow_inconclusive=allow_inconclusive,
                    extra=[f"  heads      {label}: {desc}",
                           f"  top heads  {m.details['top']}"])
+
+
+def attention_pictures(model: Any, task: Task, heads: list, at: str, target: list,
+                       prompts: str = "clean", n_prompts: int = 2, max_heads: int = 4
+                       ) -> dict[str, Any]:
+    """The attention patterns of (up to ``max_heads`` of) ``heads`` on the first ``n_prompts``
+    prompts, for the report: tokens, query x key weights, the claim's query row and targets."""
+    import torch
+
+    from .measures.attention_positions import _position, _prompt_set
+
+    enc = task.encode(model)
+    tokens, lengths = _prompt_set(task, enc, prompts)
+    q = _position(task, enc, at, lengths)
+    cols = {}
+    for name in target:
+        if name == "first":
+            cols[name] = torch.zeros_like(q)
+        elif name == "self":
+            cols[name] = q
+        elif name == "prev":
+            cols[name] = (q - 1).clamp_min(0)
+        else:
+            cols[name] = _position(task, enc, name, lengths)
+    out: dict[str, Any] = {}
+    layers = sorted({l for l, _ in heads[:max_heads]})
+    for i in range(min(n_prompts, tokens.shape[0])):
+        n = int(lengths[i])
+        row = tokens[i:i + 1, :n].to(model.cfg.device)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(
+                row, names_filter=lambda nm: nm in {f"blocks.{l}.attn.hook_pattern"
+                                                   for l in layers})
+        words = [str(t) for t in model.to_str_tokens(row[0])]
+        for layer, h in heads[:max_heads]:
+            w = cache[f"blocks.{layer}.attn.hook_pattern"][0, h].float().cpu()
+            out[f"{format_head((layer, h))} on {prompts} prompt {i}"] = {
+                "tokens": words, "weights": [[round(float(x), 4) for x in w[r, :r + 1]]
+                                             for r in range(n)],
+                "row": int(q[i]), "cols": sorted({int(c[i]) for c in cols.values()})}
+    return out
 
 
 def assert_compensates(model: Any, task: Task, heads: Any, *, ablate: Any,

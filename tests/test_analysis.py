@@ -187,8 +187,8 @@ def test_dla_under_ablation_against_a_hand_ablated_run(ioi):
     np.testing.assert_allclose(c.clean_ld, clean.logit_diff, atol=1e-4)
     np.testing.assert_allclose(c.naive, clean.logit_diff - clean.per_prompt[1, 2], atol=1e-4)
     # with the clean norm scale nothing upstream of or beside 1.2 changes; downstream does
-    assert np.abs(c.change[:2]).max() < 1e-6 if False else np.abs(np.delete(
-        c.change[:2].reshape(8, -1), 6, 0)).max() < 1e-6
+    others = np.delete(c.change[:2].reshape(8, -1), 1 * 4 + 2, axis=0)  # all but 1.2
+    assert np.abs(others).max() < 1e-6
     assert np.abs(c.change[2]).max() > 1e-3
     # with the ablated run's scale the components add up to the real logit difference
     np.testing.assert_allclose(ca.after.total, real, atol=1e-3)
@@ -217,7 +217,14 @@ def test_logit_lens_matches_the_hf_final_norm(ioi):
 
 
 def test_analysis_assertions_fail_with_their_story(ioi):
+    from circuitcheck import _claims
+
     model, task = ioi
+    with _claims.private():
+        _assertion_stories(model, task)
+
+
+def _assertion_stories(model, task):
     with pytest.raises(AssertionError, match=r"FAILED: attention 0\.\d\d < required 0\.50"):
         cc.assert_attends(model, task, ["1.2", "1.3"], to="IO", at_least=0.5)
     cc.assert_attends(model, task, "1.2", to="S2", at_least=0.3)
@@ -225,3 +232,36 @@ def test_analysis_assertions_fail_with_their_story(ioi):
     with pytest.raises(AssertionError, match="logit diff clean"):
         cc.assert_compensates(model, task, ["2.0", "2.1", "2.3"], ablate="1.2", at_least=0.3)
     cc.assert_logit_lens(model, task, layer=1, at_least=5.0)
+
+
+def test_attention_claims_draw_the_claimed_heads_patterns(ioi):
+    import re
+    import xml.etree.ElementTree as ET
+
+    from circuitcheck import _claims
+    from circuitcheck.report import build_document
+    from circuitcheck.report._html import render
+
+    model, task = ioi
+    with _claims.private() as records:
+        cc.assert_attends(model, task, "1.2", to="S2", at_least=0.3)
+    pics = records[0]["measurement"]["patterns"]
+    assert list(pics) == ["1.2 on clean prompt 0", "1.2 on clean prompt 1"]
+    enc = task.encode(model)
+    n = int(enc.lengths[0])
+    _, cache = model.run_with_cache(enc.tokens[:1, :n])
+    p0 = pics["1.2 on clean prompt 0"]
+    assert p0["row"] == n - 1 and p0["cols"] == [int(enc.positions["S2"][0])]
+    assert p0["tokens"] == model.to_str_tokens(enc.tokens[0, :n])
+    np.testing.assert_allclose(p0["weights"][-1], cache["blocks.1.attn.hook_pattern"][0, 2, -1]
+                               .numpy(), atol=1e-4)
+    html = render(build_document(records))
+    svgs = re.findall(r'<svg class="pattern".*?</svg>', html, flags=re.S)
+    assert len(svgs) == 2
+    root = ET.fromstring(svgs[0])  # well-formed, self-contained
+    cells = [t.text for t in root.iter("{*}title") if t.text and "->" in t.text] or \
+            [t.text for t in root.iter("title") if t.text and "->" in t.text]
+    assert len(cells) == n * (n + 1) // 2
+    s2 = int(enc.positions["S2"][0])
+    want = f"{n - 1} {p0['tokens'][-1]} -> {s2} {p0['tokens'][s2]}: "
+    assert any(c.startswith(want) for c in cells)

@@ -52,7 +52,8 @@ register(ClaimKind(
             Param("weighted", BOOL, doc="attention × ‖v‖"),
             Param("prompts", TEXT, doc="clean or corrupted"), Param("seed", INT))
     + _bounds("mean attention"),
-    check=_one_bound, verdict=BOUND, records="attention", figures=("histogram", "heatmap"),
+    check=_one_bound, verdict=BOUND, records="attention",
+    figures=("histogram", "heatmap", "patterns"),
     example={"heads": ["1.1"], "to": "target", "at_least": 0.9}))
 
 register(ClaimKind(
