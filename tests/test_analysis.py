@@ -127,6 +127,8 @@ def test_position_attention_matches_the_cached_patterns(ioi):
     # the card's name movers attend to S2 from end; layer 0 does not
     assert pa[("1.2", "S2")] > 0.5 and pa.values[0, :, 1].max() < 0.1
     assert not np.allclose(pc.values, pa.values[..., 1:2])  # the corrupted prompts were run
+    with pytest.raises(cc.TaskError, match="comes after 'S2'"):
+        position_attention(model, task, [["IO", "end"]], from_="S2")
 
 
 def test_weighted_attention_ungroups_kv_heads(model_dirs):

@@ -197,7 +197,8 @@ def position_attention(model: Any, task: Any, to: Any = ("IO", "S1", "S2"), *,
             else:
                 idx = _position(task, enc, name, lengths)
             masks[k, rows, idx] = True
-    future = (masks.int().argmax(-1) > q[None]) & masks.any(-1)
+    last = (masks * torch.arange(P)).amax(-1)  # [K, N] the latest key of each target
+    future = last > q[None]
     if bool(future.any()):
         k, i = (int(x) for x in future.nonzero()[0])
         raise TaskError(f"target {_label(targets[k])!r} comes after {from_!r} in prompt {i}; "
