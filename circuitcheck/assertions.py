@@ -156,14 +156,18 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
                                f"{H} heads per layer")
     weakest = min(claimed, key=lambda hd: scores.ci_low[hd])
     ranks = {hd: scores.rank(hd) for hd in claimed}
+    task = kwargs.get("task")
+    on_task = "repeated random tokens" if task is None else task.name
+    on = ("sequences of repeated random tokens" if task is None
+          else f"prompts of the task {task.name!r}")
     label = ", ".join(format_head(hd) for hd in claimed)
     m = Measurement(
         kind=f"{kind} score", value=scores[weakest],
         ci=(float(scores.ci_low[weakest]), float(scores.ci_high[weakest])),
         per_prompt=scores.per_sequence[:, weakest[0], weakest[1]], metric=kind,
-        metric_description=f"{kind} attention score on {scores.n} repeated random sequences",
+        metric_description=f"{kind} attention score on {scores.n} {on}",
         confidence=scores.confidence, seed=kwargs.get("seed", 0) or 0,
-        model=getattr(model, "cc_name", ""), task="repeated random tokens",
+        model=getattr(model, "cc_name", ""), task=on_task,
         details={"heads": [list(hd) for hd in claimed], "ranks": {format_head(k): v for k, v in ranks.items()},
                  "heatmaps": {f"{kind} score": {"data": scores.scores.tolist(),
                                                 "label": f"{kind} score per head",
@@ -190,7 +194,7 @@ def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
         best = ", ".join(f"{format_head(hd)} {scores[hd]:.2f}" for hd in scores.top(5))
         return (f"claim {claim!r} {v.upper()}: " + "; ".join(problems) + "\n"
                 f"  top {kind} heads  {best}\n"
-                f"  measured on {scores.n} sequences of repeated random tokens, seed {m.seed}")
+                f"  measured on {scores.n} {on}, seed {m.seed}")
 
     _conclude({"claim": claim, "kind": m.kind, "verdict": v, "op": ">=", "threshold": at_least,
                "top": top, "measurement": m.to_dict()}, v == HOLDS, story)

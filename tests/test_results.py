@@ -15,7 +15,8 @@ from .conftest import own_task
 
 SCALAR = {"Measurement", "PathPatchResult", "AttentionAblation", "RandomComparison",
           "HypothesisTest"}
-ARRAY = {"HeadScores", "HeadEffects", "Minimality", "PatchGrid", "DirectLogitAttribution"}
+ARRAY = {"HeadScores", "HeadEffects", "Minimality", "PatchGrid", "DirectLogitAttribution",
+         "PositionAttention", "Compensation", "LogitLens"}
 COMPOSITE = {"StochasticAblation", "Sweep"}
 
 
@@ -38,6 +39,9 @@ def results(model_dirs):
         cc.equivalence(model, task, circuit, ablation="zero"),
         cc.sweep(model, task, circuit, ablation=["zero"], metric=["logit_diff"],
                  positions=["all"], at_least=0.5),
+        cc.position_attention(model, task, ["mid", "first"]),
+        cc.ablated_dla(model, task, ["1.1"]),
+        cc.logit_lens(model, task),
     ]
 
 

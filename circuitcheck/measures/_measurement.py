@@ -87,7 +87,7 @@ class Measurement:
         }
         if self.circuit is not None:
             out["circuit"] = self.circuit.to_dict()
-        for key in ("heatmaps", "points", "bars"):
+        for key in ("heatmaps", "points", "bars", "patterns"):
             if key in self.details:
                 out[key] = self.details[key]
         return out

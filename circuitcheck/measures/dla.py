@@ -93,15 +93,30 @@ def direct_logit_attribution(model: Any, task: Task, *, batch_size: int | None =
     if enc.wrong is None:
         raise CircuitCheckError("direct logit attribution to the logit difference needs wrong "
                                 "answers; give the task `wrong_answers=[...]`")
+    acts, read = cache_run(model, enc, enc.tokens, dla_hook_names(model), batch_size=batch_size)
+    return attribute(model, enc, acts, (read.logit - read.wrong_logit).numpy().astype(float),
+                     check=check)
+
+
+def dla_hook_names(model: Any) -> list[str]:
+    """The activations :func:`attribute` reads."""
     L = model.cfg.n_layers
-    names = ([f"blocks.{l}.attn.hook_z" for l in range(L)]
-             + [f"blocks.{l}.hook_attn_out" for l in range(L)]
-             + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
-             + ["blocks.0.hook_resid_pre", "ln_final.hook_in", "ln_final.hook_scale",
-                "ln_final.hook_normalized", "ln_final.hook_out"])
-    acts, read = cache_run(model, enc, enc.tokens, names, batch_size=batch_size)
+    return ([f"blocks.{l}.attn.hook_z" for l in range(L)]
+            + [f"blocks.{l}.hook_attn_out" for l in range(L)]
+            + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+            + ["blocks.0.hook_resid_pre", "ln_final.hook_in", "ln_final.hook_scale",
+               "ln_final.hook_normalized", "ln_final.hook_out"])
+
+
+def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndarray, *,
+              check: bool = True) -> DirectLogitAttribution:
+    """Direct logit attribution from cached activations ``acts`` (:func:`dla_hook_names`, [N,
+    pos, ...]) of any run (clean, or with interventions), ``ld`` that run's logit difference."""
+    import torch
+
+    L = model.cfg.n_layers
     N = enc.n
-    dev = acts[names[0]].device
+    dev = acts["ln_final.hook_scale"].device
     end = (enc.lengths - 1).to(dev)
     at_end = {n: a[torch.arange(N, device=dev), end].double() for n, a in acts.items()}
     w, b = _final_norm_affine(model, at_end)
@@ -131,7 +146,6 @@ def direct_logit_attribution(model: Any, task: Task, *, batch_size: int | None =
     per_head = torch.stack(heads, 0).permute(0, 2, 1).cpu().numpy()  # [L, H, N]
     components = {kk: v.cpu().numpy() for kk, v in comps.items()}
     total = per_head.sum((0, 1)) + sum(components.values())
-    ld = (read.logit - read.wrong_logit).numpy().astype(float)
     out = DirectLogitAttribution(per_head.mean(-1), per_head, components, ld, total)
     if check:
         tol = 1e-3 * max(1.0, float(np.abs(ld).max()))

@@ -1,4 +1,5 @@
-"""Head scores from attention patterns: previous-token, duplicate-token and induction.
+"""Head scores from attention patterns: previous-token, duplicate-token, induction, first-token
+(BOS) and self (current-token).
 
 Measured on sequences ``[BOS] r1 .. rn r1 .. rn`` of distinct random tokens (Olsson et al.
 2022; TransformerLens's head detector uses the same diagonals):
@@ -6,84 +7,34 @@ Measured on sequences ``[BOS] r1 .. rn r1 .. rn`` of distinct random tokens (Ols
 - previous_token: mean attention from position i to i - 1 (i >= 2, so BOS is not the target);
 - duplicate_token: mean attention from a token of the repeat to its earlier occurrence;
 - induction: mean attention from a token of the repeat to the token that followed its earlier
-  occurrence.
+  occurrence;
+- bos: mean attention from every position i >= 1 to the first token (attention sinks);
+- self: mean attention from every position i >= 1 to itself.
+
+With ``task=`` the scores are measured on that task's own prompts instead
+(``circuitcheck.measures.attention_positions.task_head_scores``).
 
 Scores are means over sequences, with bootstrap intervals over sequences. Only the needed
 diagonals are kept from each pattern (no full activation cache).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import _settings
-from ..circuit import Head, format_head, parse_head
 from ..errors import CircuitCheckError, did_you_mean
-from ._result import ResultProtocol, jsonable
+from ._scores import HeadScores
 
-KINDS = ("previous_token", "duplicate_token", "induction")
-
-
-@dataclass(frozen=True, eq=False)
-class HeadScores(ResultProtocol):
-    """Scores of one kind for every head: ``scores[layer, head]`` with interval arrays."""
-
-    kind: str
-    scores: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    per_sequence: np.ndarray = field(repr=False)  # [n, L, H]
-    confidence: float = 0.95
-
-    @property
-    def n(self) -> int:
-        return int(self.per_sequence.shape[0])
-
-    def ranking(self) -> list[Head]:
-        """Every head, highest score first."""
-        order = np.argsort(-self.scores, axis=None, kind="stable")
-        H = self.scores.shape[1]
-        return [(int(i // H), int(i % H)) for i in order]
-
-    def top(self, k: int = 1) -> list[Head]:
-        return self.ranking()[:k]
-
-    def rank(self, head: Any) -> int:
-        """1 for the highest-scoring head."""
-        return self.ranking().index(parse_head(head)) + 1
-
-    def __getitem__(self, head: Any) -> float:
-        layer, h = parse_head(head)
-        return float(self.scores[layer, h])
-
-    def table(self):
-        """A pandas DataFrame of every head's score and interval, best first."""
-        import pandas as pd
-
-        return pd.DataFrame([{"head": format_head(h), "score": self[h],
-                              "ci_low": float(self.ci_low[h]), "ci_high": float(self.ci_high[h])}
-                             for h in self.ranking()])
-
-    @property
-    def values(self) -> np.ndarray:
-        """[layer, head] scores (``scores`` is the old name, kept as an alias)."""
-        return self.scores
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable({"kind": self.kind, "values": self.scores, "ci_low": self.ci_low,
-                         "ci_high": self.ci_high, "confidence": self.confidence, "n": self.n})
-
-    def summary(self) -> str:
-        best = ", ".join(f"{format_head(h)} {self[h]:.2f}" for h in self.top(3))
-        return f"{self.kind} scores of {self.scores.size} heads (n={self.n}); top {best}"
+KINDS = ("previous_token", "duplicate_token", "induction", "bos", "self")
 
 
 def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: int = 20,
                 seed: int | None = None, tokens: Any = None, confidence: float = 0.95,
-                batch_size: int | None = None) -> HeadScores:
-    """Score every head of ``model`` for ``kind`` on ``n`` repeated random sequences."""
+                batch_size: int | None = None, task: Any = None) -> HeadScores:
+    """Score every head of ``model`` for ``kind`` on ``n`` repeated random sequences (or, with
+    ``task``, on the task's own prompts)."""
     import torch
 
     from ..interventions._batching import rows_per_batch
@@ -95,6 +46,12 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
                                 f"use one of {list(KINDS)}")
     from .. import _validate
 
+    if task is not None:
+        from .attention_positions import task_head_scores
+
+        return task_head_scores(model, task, kind, confidence=confidence,
+                                seed=_settings.seed() if seed is None else seed,
+                                batch_size=batch_size)
     n, seq_len = _validate.count(n, "n"), _validate.count(seq_len, "seq_len", minimum=2)
     confidence = _validate.open_unit(confidence, "confidence")
     seed = _settings.seed() if seed is None else _validate.seed(seed)
@@ -115,6 +72,9 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     q = torch.arange(P)
     if kind == "previous_token":
         queries, keys = q[2:], q[2:] - 1
+    elif kind in ("bos", "self"):
+        queries = q[1:]
+        keys = torch.zeros_like(queries) if kind == "bos" else queries
     elif kind == "duplicate_token":
         queries = q[1 + seq_len:]
         keys = queries - seq_len

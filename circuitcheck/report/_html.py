@@ -224,6 +224,11 @@ def _figures(r: dict[str, Any]) -> str:
                                  ylabel=p.get("ylabel", "")))
     for title, b in (m.get("bars") or {}).items():
         figs.append(_svg.bars(b.get("labels") or [], b.get("values") or [], title=str(title)))
+    for title, p in (m.get("patterns") or {}).items():
+        from ._attention_svg import pattern
+
+        figs.append(pattern(p.get("tokens") or [], p.get("weights") or [], title=str(title),
+                            row=p.get("row"), cols=p.get("cols") or ()))
     return "".join(f"<figure>{f}</figure>" for f in figs)
 
 

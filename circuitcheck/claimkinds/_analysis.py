@@ -1,0 +1,83 @@
+"""Claim kinds of the notebooks' analyses: OV copying, attention to named positions,
+compensation by backup heads, the logit lens (one :func:`register` call each)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import BOOL, HEADS, INT, NUMBER, TEXT, TEXTS, ClaimKind, Param, register
+
+A = "circuitcheck.assertions_analysis:"
+M = "circuitcheck.measures."
+BOUND = ("holds when the whole confidence interval (of the weakest claimed head) is past the "
+         "bound, fails when it is wholly short of it, inconclusive otherwise (a failure unless "
+         "allow_inconclusive)")
+
+
+def _one_bound(spec: Mapping[str, Any]) -> str | None:
+    if ("at_least" in spec) == ("at_most" in spec):
+        return "needs exactly one of 'at_least' or 'at_most'"
+    return None
+
+
+def _bounds(what: str) -> tuple[Param, ...]:
+    return (Param("at_least", NUMBER, doc=f"{what} at least this (or at_most)"),
+            Param("at_most", NUMBER, doc=f"{what} at most this (or at_least)"),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL))
+
+
+register(ClaimKind(
+    name="ov_copying",
+    summary="these heads copy (or, negative, suppress) the task's names through their OV circuit",
+    target="heads", assertion=A + "assert_ov_copying", measure=M + "ov:ov_copying",
+    params=(Param("heads", HEADS, True, "the claimed heads"),
+            Param("method", TEXT, doc="names (top-k of W_E[name] W_OV W_U) or eigen"),
+            Param("negative", BOOL, doc="negative copiers (-W_OV)"),
+            Param("k", INT, doc="top-k logits a name must reach (names)"),
+            Param("mlp0", BOOL, doc="add the first MLP's output to W_E[name] (names)"),
+            Param("circuit", TEXT, doc="ov (W_V W_O) or full (W_E W_V W_O W_U) (eigen)"),
+            Param("seed", INT)) + _bounds("score"),
+    check=_one_bound, verdict=BOUND, records="<ov score> score",
+    figures=("histogram", "heatmap"), example={"heads": ["1.1"], "at_least": 0.9}))
+
+register(ClaimKind(
+    name="attention",
+    summary="these heads attend from a position to named positions (end -> IO >= 0.5)",
+    target="heads", assertion=A + "assert_attends",
+    measure=M + "attention_positions:position_attention",
+    params=(Param("heads", HEADS, True, "the claimed heads"),
+            Param("to", TEXTS, True, "target position(s): the task's, first, self or prev; a "
+                                     "list is summed"),
+            Param("at", TEXT, doc="the query position (default end)"),
+            Param("weighted", BOOL, doc="attention × ‖v‖"),
+            Param("prompts", TEXT, doc="clean or corrupted"), Param("seed", INT))
+    + _bounds("mean attention"),
+    check=_one_bound, verdict=BOUND, records="attention",
+    figures=("histogram", "heatmap", "patterns"),
+    example={"heads": ["1.1"], "to": "target", "at_least": 0.9}))
+
+register(ClaimKind(
+    name="compensation",
+    summary="when some heads are ablated, these heads raise their direct effect (backup heads)",
+    target="heads", assertion=A + "assert_compensates",
+    measure=M + "compensation:compensation",
+    params=(Param("heads", HEADS, True, "the compensating heads"),
+            Param("ablate", HEADS, True, "the ablated heads"),
+            Param("at", TEXTS, doc="where they are ablated (default end; all)"),
+            Param("ablation", TEXT, doc="zero (default), mean, mean-by-template, resample"),
+            Param("reference", TEXT), Param("relative", BOOL,
+                                            doc="share of the lost direct effect (default)"),
+            Param("scale", TEXT, doc="final-norm scale: clean (default) or ablated"),
+            Param("seed", INT)) + _bounds("compensation"),
+    check=_one_bound, verdict=BOUND, records="compensation",
+    figures=("histogram", "heatmap", "bars"),
+    example={"heads": ["1.0", "1.2", "1.3"], "ablate": ["1.1"], "at_most": 0.1}))
+
+register(ClaimKind(
+    name="logit_lens",
+    summary="the answer's logit difference decoded after a layer (logit lens) is past a bound",
+    target="task", assertion=A + "assert_logit_lens", measure=M + "logit_lens:logit_lens",
+    params=(Param("layer", INT, True, "the residual after this layer (-1: the embedding)"),
+            Param("seed", INT)) + _bounds("decoded logit difference"),
+    check=_one_bound, verdict=BOUND, records="logit lens", figures=("histogram", "points"),
+    example={"layer": 0, "at_most": 1.0}))
