@@ -168,6 +168,8 @@ register(ClaimKind(
             Param("over_random_by", NUMBER, True, "required extra loss (nats) over random sets"),
             Param("n_repeats", INT, doc="random head sets"),
             Param("mode", TEXT, doc="zero or uniform"), Param("confidence", NUMBER),
-            Param("allow_inconclusive", BOOL)),
+            Param("allow_inconclusive", BOOL),
+            Param("heatmap", BOOL, doc="also ablate every single head for the report's heatmap "
+                                       "(one pass per head: minutes on a 30-layer model)")),
     verdict=INTERVAL, records="attention ablation effect", figures=("histogram", "heatmap"),
     example={"heads": ["1.1"], "over_random_by": 0.5}))
