@@ -162,3 +162,43 @@ def test_drop_templates_rejects_unknown_names(tiny):
 def test_named_model_unknown_is_not_gguf():
     assert gguf.named_model("gpt2") is None
     assert isinstance(gguf.cache_root(), Path)
+
+
+def test_prepend_bos_from_yaml_and_option(pytester, bpe_dir):
+    """YAML ``prepend_bos`` reaches load_model; ``--cc-prepend-bos`` overrides it; a non-bool
+    value is a file:line error. The claim's measured value depends on the start token, so the
+    recorded task length tells which convention ran."""
+    pytester.makeconftest("")
+    (pytester.path / "circuits").mkdir()
+    claim = """\
+model: {model}
+{bos}task: {{builder: induction, text: "Mary gave a drink to John"}}
+claims:
+  - name: bos-claim
+    expect:
+      head_scores: {{induction: {{heads: ["0.0"], at_least: -1.0, n: 4, seq_len: 6}}}}
+"""
+    (pytester.path / "circuits" / "a.yaml").write_text(
+        claim.format(model=bpe_dir, bos="prepend_bos: true\n"))
+    (pytester.path / "circuits" / "b.yaml").write_text(
+        claim.format(model=bpe_dir, bos="prepend_bos: sometimes\n"))
+    result = pytester.runpytest_subprocess("circuits", "-p", "no:cacheprovider",
+                                           "--cc-report", "rep")
+    result.stdout.fnmatch_lines(["*ERROR  bos-claim: circuits/b.yaml:2: prepend_bos must be "
+                                 "true or false*"])
+    import json
+
+    records = json.loads((pytester.path / "rep" / "results.json").read_text())["claims"]
+    verdicts = sorted(r["verdict"] for r in records)
+    assert len(verdicts) == 2 and verdicts[0] == "error" and verdicts[1] != "error", verdicts
+    from circuitcheck.claimfile import read_claim_file
+
+    parsed = read_claim_file(pytester.path / "circuits" / "a.yaml")
+    assert parsed.claims[0].prepend_bos is True
+    m = cc.load_model(bpe_dir, device="cpu", prepend_bos=parsed.claims[0].prepend_bos)
+    assert m.cfg.default_prepend_bos is True
+    assert cc.load_model(bpe_dir, device="cpu").cfg.default_prepend_bos is False
+    bad = pytester.runpytest_subprocess("circuits/a.yaml", "-p", "no:cacheprovider",
+                                        "--cc-prepend-bos", "maybe")
+    assert bad.ret != 0
+    bad.stderr.fnmatch_lines(["*--cc-prepend-bos*invalid choice*"])

@@ -16,9 +16,10 @@ TRIPLES = (("Tom", "eats", "apples"), ("Mary", "reads", "books"), ("John", "drin
 
 def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
             only_correct: bool = False, seed: int = 0, path: str | None = None,
-            template: str = "{S} {V} {O}. {S} {V}") -> Task:
+            template: str = "{S} {V} {O}. {S} {V}", n: int | None = None) -> Task:
     """One prompt per (subject, verb, object): ``"S V O. S V"`` -> ``" O"``.
 
+    ``n``: keep only the first ``n`` prompts (after ``only_correct``), to bound a claim's cost.
     ``template`` places the three words (``{S}``, ``{V}``, ``{O}``); it must end where the
     object is to be copied, e.g. ``"Every day {S} {V} {O}. Every day {S} {V}"``.
 
@@ -29,6 +30,8 @@ def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
     sentence. With ``only_correct`` the prompts the full model does not complete (top-1) are
     dropped, and ``task.meta["dropped"]`` says how many.
     """
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise TaskError(f"n must be a whole number >= 1, got {n!r}")
     if path is not None:
         triples = read_triples(path)
     if len(triples) < 2:
@@ -50,9 +53,11 @@ def copying(model: Any, triples: Sequence[tuple[str, str, str]] = TRIPLES, *,
         wrong.append(" " + o2)
     task = Task(prompts=prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
                 name="copying", meta={"builder": "copying", "n": len(prompts)})
-    if not only_correct:
+    if only_correct:
+        task = keep_correct(model, task)
+    if n is None or n >= len(task):
         return task
-    return keep_correct(model, task)
+    return task.subset(range(n), n=n)
 
 
 def read_triples(path: str) -> list[tuple[str, str, str]]:
@@ -95,13 +100,4 @@ def keep_correct(model: Any, task: Task, *, batch_size: int = 32) -> Task:
     if not keep:
         raise TaskError(f"the model completes none of the {len(task)} prompts of {task.name!r}; "
                         "nothing is left to measure a circuit on")
-
-    def pick(values: Any) -> Any:
-        return None if values is None else [values[i] for i in keep]
-
-    return Task(prompts=pick(task.prompts), answers=pick(task.answers),
-                wrong_answers=pick(task.wrong_answers), corrupted=pick(task.corrupted),
-                positions={k: pick(v) for k, v in task.positions.items()},
-                groups=pick(task.groups), name=task.name, good_tokens=pick(task.good_tokens),
-                bad_tokens=pick(task.bad_tokens),
-                meta={**task.meta, "dropped": len(task) - len(keep), "kept": len(keep)})
+    return task.subset(keep, dropped=len(task) - len(keep), kept=len(keep))

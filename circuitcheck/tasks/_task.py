@@ -84,6 +84,21 @@ class Task:
                 f"this task has positions {list(self.position_names)}"
             )
 
+    def subset(self, indices: Any, **meta: Any) -> "Task":
+        """The task restricted to the prompts at ``indices`` (in that order); ``meta`` is
+        added to the task's ``meta``."""
+        keep = [int(i) for i in indices]
+
+        def pick(values: Any) -> Any:
+            return None if values is None else [values[i] for i in keep]
+
+        return Task(prompts=pick(self.prompts), answers=pick(self.answers),
+                    wrong_answers=pick(self.wrong_answers), corrupted=pick(self.corrupted),
+                    positions={k: pick(v) for k, v in self.positions.items()},
+                    groups=pick(self.groups), name=self.name,
+                    good_tokens=pick(self.good_tokens), bad_tokens=pick(self.bad_tokens),
+                    meta={**self.meta, **meta})
+
     def encode(self, model: Any) -> "EncodedTask":
         """Tokenise for ``model`` (cached per model object) and check every answer is 1 token."""
         cache = self.__dict__.setdefault("_encoded", {})
