@@ -203,8 +203,12 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
     """How much of the clean behaviour patching ``heads`` (together, clean → corrupted, all
     positions) restores: (F(patched) - F(corrupted)) / (F(clean) - F(corrupted)).
 
-    With ``heatmap`` the measurement's details carry every single head's recovery (one
-    ``patch_heads`` sweep) for the report."""
+    With ``heatmap`` the measurement's details carry every single head's recovery for the
+    report: the attribution-screened grid (``patch_heads(..., screen="attribution")``: exact
+    for every head that could matter, the screen's estimate for the rest), or, for a metric
+    with no gradient, the claimed heads alone patched exactly. Nothing else is computed."""
+    from .attribution import DIFFERENTIABLE
+
     hs = _heads(model, heads)
     patched, clean, corr = patch_head_set(model, task, hs, component=component,
                                           metric=metric, batch_size=batch_size)
@@ -212,10 +216,17 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
     c, k = s.metric(clean), s.metric(corr)
     details: dict[str, Any] = {"heads": [list(h) for h in hs], "component": component}
     if heatmap:
-        grid = patch_heads(model, task, component=component, metric=metric,
-                           batch_size=batch_size)
+        if s.metric.name in DIFFERENTIABLE:
+            grid = patch_heads(model, task, component=component, metric=metric,
+                               batch_size=batch_size, screen="attribution")
+        else:
+            grid = patch_heads(model, task, component=component, metric=metric,
+                               batch_size=batch_size, heads=hs)
         details["heatmaps"] = {f"patching {component} (denoise)": grid.heatmap(outline=hs)}
-        details["top"] = [[f"{l}.{h}", v] for (l, h), v in grid.top(5, by_abs=False)]
+        details["top"] = [[f"{l}.{h}", v] for (l, h), v in grid.top(5, by_abs=False)
+                          if grid.exact[l, h]]
+        details["grid"] = {"method": grid.method, "exact_cells": int(grid.exact.sum()),
+                           "cells": int(grid.exact.size)}
     return _ratio_measurement(
         "patching recovery", patched, k, c, s.metric, seed=_seed(seed), confidence=confidence,
         model=model, task=task, what="the corrupted prompts",
