@@ -11,6 +11,7 @@ import numpy as np
 from ..circuit import Head, format_head
 from ..errors import CircuitCheckError, CircuitError
 from ..interventions import Readout
+from ..progress import progress_bar
 from ..interventions.patching import (Chunk, HookList, cache_run, check_component, hook_name,
                                       n_units, run_rows)
 from ..tasks import Task
@@ -112,7 +113,8 @@ def _capture_name(model: Any, receiver_input: str, layer: int) -> str:
 
 def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[Head, ...],
                receiver_input: str, positions: Sequence[str] | None, freeze_mlps: bool,
-               batch_size: int | None) -> tuple[np.ndarray, Readout, Readout]:
+               batch_size: int | None, progress: Any = False
+               ) -> tuple[np.ndarray, Readout, Readout]:
     """Patched metric [V, N] of path patching each sender set ``senders[v]`` ([V, L, H])."""
     import torch
 
@@ -167,11 +169,30 @@ def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[
         return out
 
     stop = None if final or recv_layers[-1] + 1 >= L else recv_layers[-1] + 1
-    step2 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
-                     hooks=freeze_hooks, start_layer=first[variant], start_resid=start_resid,
-                     stop_at_layer=stop, batch_size=batch_size, reads=s.metric.reads or None)
-    if final:
-        return s.metric(step2).reshape(V, N), clean_read, corr_read
+    with progress_bar(progress, R * (1 if final else 2), "path patching") as bar:
+        step2 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
+                         hooks=freeze_hooks, start_layer=first[variant],
+                         start_resid=start_resid, stop_at_layer=stop, batch_size=batch_size,
+                         reads=s.metric.reads or None, progress=bar)
+        if final:
+            return s.metric(step2).reshape(V, N), clean_read, corr_read
+        return _receive(model, s, receiver_input, positions, recv_layers, heads_at, units_at,
+                        group, grouped, captured, cap, prompt_of, start_resid, batch_size,
+                        bar), clean_read, corr_read
+
+
+def _receive(model: Any, s: _Setup, receiver_input: str, positions: Sequence[str] | None,
+             recv_layers: list[int], heads_at: dict[int, list[int]],
+             units_at: dict[int, list[int]], group: int, grouped: bool,
+             captured: dict[int, "torch.Tensor"], cap: dict[int, str],
+             prompt_of: "torch.Tensor", start_resid: Any, batch_size: int | None,
+             bar: Any) -> np.ndarray:
+    """Step 2: the clean run with only the receivers' inputs replaced; metric [V, N]."""
+    import torch
+
+    enc = s.enc
+    N, P = enc.n, enc.tokens.shape[1]
+    R = len(prompt_of)
     pos_mask = torch.ones(N, P, dtype=torch.bool)
     if positions is not None:
         idx = _position_index(s, positions)
@@ -199,8 +220,8 @@ def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[
     start3 = torch.full((R,), recv_layers[0], dtype=torch.long)
     step3 = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths,
                      hooks=receive_hooks, start_layer=start3, start_resid=start_resid,
-                     batch_size=batch_size, reads=s.metric.reads or None)
-    return s.metric(step3).reshape(V, N), clean_read, corr_read
+                     batch_size=batch_size, reads=s.metric.reads or None, progress=bar)
+    return s.metric(step3).reshape(R // N, N)
 
 
 def _grouped_hooks(model: Any, receiver_input: str, chunk: Chunk, recv_layers: list[int],
@@ -292,7 +313,7 @@ def _check_positions(s: _Setup, positions: Sequence[str] | None, receiver_input:
 def path_patch(model: Any, task: Task, senders: Any, receivers: Any = None, *,
                receiver_input: str = "q", positions: Sequence[str] | None = None,
                metric: "str | Metric" = "logit_diff", freeze_mlps: bool = False,
-               batch_size: int | None = None) -> PathPatchResult:
+               batch_size: int | None = None, progress: Any = None) -> PathPatchResult:
     """Path patching (Wang et al. 2022): the effect of ``senders`` on the output through the
     ``receiver_input`` of ``receivers`` only.
 
@@ -319,7 +340,7 @@ def path_patch(model: Any, task: Task, senders: Any, receivers: Any = None, *,
     pos = _check_positions(s, positions, receiver_input)
     mask = _head_mask(model, send)[None]
     patched, clean, corr = _path_rows(model, s, mask, recv, receiver_input, pos, freeze_mlps,
-                                      batch_size)
+                                      batch_size, progress)
     c, k = s.metric(clean), s.metric(corr)
     vals, problem = _ratio_cells(patched, c, k, "noise")
     return PathPatchResult(float(vals[0]), patched[0], c, k, tuple(send), recv, receiver_input,
@@ -329,7 +350,7 @@ def path_patch(model: Any, task: Task, senders: Any, receivers: Any = None, *,
 def path_patch_heads(model: Any, task: Task, receivers: Any = None, *,
                      receiver_input: str = "q", positions: Sequence[str] | None = None,
                      metric: "str | Metric" = "logit_diff", freeze_mlps: bool = False,
-                     batch_size: int | None = None) -> PatchGrid:
+                     batch_size: int | None = None, progress: Any = None) -> PatchGrid:
     """Path patching with each single head as the sender: a ``[layer, head]`` grid of
     (F(patched) - F(clean)) / (F(clean) - F(corrupted)), all senders batched together.
 
@@ -349,7 +370,7 @@ def path_patch_heads(model: Any, task: Task, receivers: Any = None, *,
     n = reach * H
     masks = torch.eye(L * H, dtype=torch.bool).view(L * H, L, H)[:n]
     patched, clean, corr = _path_rows(model, s, masks, recv, receiver_input, pos, freeze_mlps,
-                                      batch_size) if n else (None, *_clean_corr(model, s, batch_size))
+                                      batch_size, progress) if n else (None, *_clean_corr(model, s, batch_size))
     c, k = s.metric(clean), s.metric(corr)
     pp = np.broadcast_to(c, (L * H, len(c))).copy()
     if n:

@@ -262,7 +262,7 @@ def stochastic_ablation(
     trials: int = 4096, seed: int | None = None, ablation: str = "mean",
     metric: str = "top1", reference: str | None = None, heads: Iterable[Any] | None = None,
     top: int | None = None, by: str = "importance", confidence: float = 0.95,
-    min_trials: int = 256, batch_size: int | None = None, progress: bool = False,
+    min_trials: int = 256, batch_size: int | None = None, progress: Any = None,
 ) -> StochasticAblation:
     """Score every head by random ablation; ``trials`` is the budget per regime.
 
@@ -343,19 +343,22 @@ def stochastic_ablation(
                               {"looks": looks, "claimed": [list(h) for h in claimed], "top": top})
 
 
-def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress(enabled: Any, total: int) -> Any:
+    """A bar over the trials (``circuitcheck.progress``: auto by default), or None."""
+    from ..progress import progress_bar
 
-    bar = tqdm(total=total, unit="trial", desc="stochastic ablation")
+    ctx = progress_bar(enabled, total, "stochastic ablation", unit="trial")
+    advance = ctx.__enter__()
+    if advance is None:
+        ctx.__exit__(None, None, None)
+        return None
 
     class _Bar:
         def __call__(self, n: int) -> None:
-            bar.update(n)
+            advance(n)
 
         def close(self) -> None:
-            bar.close()
+            ctx.__exit__(None, None, None)
 
     return _Bar()
 
