@@ -70,8 +70,8 @@ def gqa_pair(model_dirs, tmp_path_factory):
 @pytest.mark.parametrize("inp", ["k", "v"])
 def test_gqa_kv_receivers_per_query_head_equal_ungrouped_model(gqa_pair, inp):
     gqa, flat = gqa_pair
-    task = own_task(gqa, n=5)
-    t2 = own_task(flat, n=5)
+    task = own_task(gqa, n=3)
+    t2 = own_task(flat, n=3)
     e1, e2 = task.encode(gqa), t2.encode(flat)
     assert torch.equal(e1.tokens, e2.tokens)
     senders = [(0, 0), (0, 3)]
@@ -103,7 +103,7 @@ def test_gqa_kv_receivers_per_query_head_equal_ungrouped_model(gqa_pair, inp):
 def test_gqa_whole_group_equals_patching_the_shared_head(gqa_pair):
     """Every query head of a group as receivers = the shared key/value head patched."""
     gqa, _ = gqa_pair
-    task = own_task(gqa, n=5)
+    task = own_task(gqa, n=3)
     enc = task.encode(gqa)
     senders = [(0, 1)]
     a = P.path_patch(gqa, task, senders, [(1, 2), (1, 3)], receiver_input="v")
