@@ -107,3 +107,14 @@ def test_patching_claim_computes_the_screened_grid_only(induction):
     assert m.details["grid"]["exact_cells"] == int(grid.exact.sum())
     m2 = P.patching_recovery(model, task, ["1.1"], metric="top1")  # no gradient: heads only
     assert m2.details["grid"] == {"method": "exact", "exact_cells": 1, "cells": 8}
+
+
+def test_screened_residual_grid_equals_exact_where_marked(tiny, task_of):
+    task = task_of(tiny)
+    full = P.patch_residual(tiny, task, component="mlp_out")
+    sc = P.patch_residual(tiny, task, component="mlp_out", screen="attribution",
+                          screen_options={"top": 2, "audit": 0.0, "audit_min": 1})
+    assert sc.dims == ("layer", "pos") and sc.exact.any()
+    np.testing.assert_allclose(sc.values[sc.exact], full.values[sc.exact], atol=1e-6,
+                               equal_nan=True)
+    assert sc.screen["exact_cells"] == int(sc.exact.sum())
