@@ -16,7 +16,7 @@ from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Patc
                                       run_patches)
 from ..tasks import Task
 from ._measurement import Measurement
-from ._patching_base import (PatchGrid, _cells, _layout, _grid, _head_mask, _heads, _position_index,
+from ._patching_base import (PatchGrid, _cells, _layout, _grid, _head_mask, _heads,
                              _ratio_measurement, _seed, _setup, _Setup)
 from .metrics import Metric
 

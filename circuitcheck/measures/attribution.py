@@ -14,7 +14,6 @@ from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, cach
 from ..progress import progress_bar
 from ..tasks import EncodedTask, Task
 from ._patching_base import PatchGrid, _cells, _grid, _layout, _setup, _Setup
-from .metrics import Metric
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
