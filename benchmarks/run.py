@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_stochastic.py", "bench_patching.py", "bench_faithfulness.py"]
+BENCHES = ["bench_stochastic.py", "bench_patching.py", "bench_faithfulness.py", "bench_depth.py"]
 
 
 def main() -> int:

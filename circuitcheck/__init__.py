@@ -50,6 +50,7 @@ _LAZY = {
     "patch_heads": "circuitcheck.measures.patching",
     "patch_residual": "circuitcheck.measures.patching",
     "attribution_patch_heads": "circuitcheck.measures.patching",
+    "attribution_patch_residual": "circuitcheck.measures.patching",
     "path_patch": "circuitcheck.measures.patching",
     "path_patch_heads": "circuitcheck.measures.patching",
     "ablate_attention": "circuitcheck.measures.patching",

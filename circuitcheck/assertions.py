@@ -51,7 +51,7 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
         lines.append(f"  circuit    {c.describe()}; {where} {m.ablation}")
     lines.append(f"  metric     {m.metric_description}")
     lines.append(f"  measured   {m.value:.2f}   {m.confidence:.0%} CI [{lo:.2f}, {hi:.2f}]   "
-                 f"n={m.n} prompts, seed {m.seed}")
+                 f"n={m.n} {m.unit}, seed {m.seed}")
     base = "   ".join(f"{k} {'model ' if k == 'full' else ''}{val:.2f}"
                       for k, val in m.baselines.items())
     lines.append(f"  baselines  {base}")
@@ -251,7 +251,8 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
                     per_prompt=mc.raw[by]["metric"], metric=mc.metric,
                     metric_description=f"{mc.metric} per trial", ablation=mc.ablation,
                     baselines={"full": sel["full"]}, confidence=confidence, seed=mc.seed,
-                    model=getattr(model, "cc_name", ""), task=task.name, details=details)
+                    model=getattr(model, "cc_name", ""), task=task.name, details=details,
+                    unit="trials")
     n_used = len(mc.raw[by]["metric"])
 
     def story() -> str:
@@ -259,12 +260,19 @@ def assert_important(model: Any, task: Task, heads: Any, *, top: int | None = No
         word = {FAILED: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}[v]
         why = ("another head is surely more important than a claimed one" if v == FAILED else
                f"not decided after {n_used} trials (the budget); increase trials")
+        if v == INCONCLUSIVE and eff.degenerate:
+            why = (f"the {by} regime is degenerate ({eff.degenerate}); more trials at this "
+                   "keep_prob will not decide it: leave keep_prob unset to calibrate it")
         return (f"claim {claim!r} {word}: {why}\n"
                 f"  claimed    {label}: weakest {format_head(weakest)} {by} effect "
                 f"{eff[weakest]:+.3f} {confidence:.0%} CI [{m.ci[0]:+.3f}, {m.ci[1]:+.3f}]\n"
                 f"  top heads  {best}\n"
-                f"  trials     {n_used} of {trials} budget, keep_prob {eff.keep_prob}, "
+                f"  trials     {n_used} of {trials} budget, keep_prob {eff.keep_prob:.3g}"
+                f"{' (calibrated)' if 'calibration' in mc.notes else ''}, "
                 f"{mc.ablation}, seed {mc.seed}\n"
+                + "".join(f"  DEGENERATE {r.regime}: {r.degenerate}\n"
+                          for r in (mc.importance, mc.exclusion)
+                          if r is not None and r.degenerate) +
                 f"  selected   full {sel['full']:.2f}   only selected kept "
                 f"{sel['retained_only']:.2f}   selected ablated {sel['ablated_only']:.2f}")
 

@@ -92,5 +92,28 @@ def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
                    extra=extra)
 
 
-__all__ = ["assert_attention_ablation_effect", "assert_direct_effect",
+def assert_path_carries(model: Any, task: Task, heads: Any, *, receivers: Any = None,
+                        at_least: float, name: str | None = None,
+                        allow_inconclusive: bool = False, **kwargs: Any) -> Measurement:
+    """Assert that the path from ``heads`` (the senders) to ``receivers`` carries at least ``at_least`` of the
+    clean − corrupted difference (path patching, noising): (F(clean) - F(patched)) /
+    (F(clean) - F(corrupted)). Keyword arguments go to ``path_patching_effect``
+    (receiver_input, positions, metric, freeze_mlps, seed, confidence)."""
+    __tracebackhide__ = True
+    from .measures.path_patching import path_patching_effect
+
+    at_least = _check_threshold(at_least, "at_least")
+    m = path_patching_effect(model, task, heads, receivers, **kwargs)
+    d = m.details
+    to = ", ".join(d["receivers"]) or "the logits"
+    claim = name or (f"path {_label(heads)} -> {to} ({d['receiver_input']}) carries "
+                     f"{at_least:.0%} of {m.metric}")
+    extra = [f"  path       senders {', '.join(d['senders'])} (corrupted) -> {to}'s "
+             f"{d['receiver_input']}" + (f" at {', '.join(d['positions'])}"
+                                         if d["positions"] else "")
+             + "; every other head frozen clean" + (", MLPs frozen" if d["freeze_mlps"] else "")]
+    return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
+
+
+__all__ = ["assert_attention_ablation_effect", "assert_direct_effect", "assert_path_carries",
            "assert_patching_recovers"]

@@ -173,3 +173,18 @@ register(ClaimKind(
                                        "(one pass per head: minutes on a 30-layer model)")),
     verdict=INTERVAL, records="attention ablation effect", figures=("histogram", "heatmap"),
     example={"heads": ["1.1"], "over_random_by": 0.5}))
+
+register(ClaimKind(
+    name="path_patching",
+    summary="the path from these heads to the receivers carries a share of the effect",
+    target="heads", assertion=AP + "assert_path_carries",
+    measure=MP + "path_patching:path_patching_effect",
+    params=(Param("heads", HEADS, True, "the senders"),
+            Param("at_least", NUMBER, True, "required share of clean - corrupted carried"),
+            Param("receivers", HEADS, doc="receiver heads (none: the final residual stream)"),
+            Param("receiver_input", TEXT, doc="q, k, v or resid_final"),
+            Param("positions", TEXTS, doc="receivers' positions, e.g. end"),
+            Param("freeze_mlps", BOOL), Param("metric", TEXT), Param("confidence", NUMBER),
+            Param("allow_inconclusive", BOOL)),
+    verdict=INTERVAL, records="path patching", figures=("histogram",),
+    example={"heads": ["1.1"], "receiver_input": "resid_final", "at_least": 0.5}))

@@ -241,8 +241,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              start_layer: "torch.Tensor | None" = None,
              start_resid: Callable[[Chunk], "torch.Tensor"] | None = None,
              resid_at_zero: bool = False, stop_at_layer: int | None = None,
-             batch_size: int | None = None, reads: "Collection[str] | None" = None
-             ) -> Readout | None:
+             batch_size: int | None = None, reads: "Collection[str] | None" = None,
+             progress: Callable[[int], None] | None = None) -> Readout | None:
     """Run R rows (row r = prompt ``prompt_of[r]`` of ``tokens``) and read the last token.
 
     ``hooks(chunk)`` gives the chunk's hooks (each reads its rows' masks from the chunk).
@@ -251,7 +251,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     that layer, with the blocks before it skipped; rows starting at 0 run from their tokens
     unless ``resid_at_zero``. Returns a ``Readout`` of shape [R], or None with
     ``stop_at_layer`` (runs that only feed their hooks, e.g. capturing a receiver's input).
-    ``reads``: the readout fields wanted (see ``run_variants``).
+    ``reads``: the readout fields wanted (see ``run_variants``). ``progress(n)`` is called
+    after each batch of n rows.
     """
     import torch
 
@@ -292,6 +293,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                             logits = model.run_with_hooks(resid, start_at_layer=layer, **kw)
                 if stop_at_layer is None:
                     parts.append((rows, readout(model, logits[:, 0], enc, prompts, want, how)))
+                if progress is not None:
+                    progress(len(rows))
     return as_readout(parts, R) if stop_at_layer is None else None
 
 
@@ -351,7 +354,8 @@ class Patches:
 def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
                 direction: str, source: dict[int, "torch.Tensor"],
                 base_resid: dict[int, "torch.Tensor"], *, batch_size: int | None = None,
-                reads: "Collection[str] | None" = None) -> Readout:
+                reads: "Collection[str] | None" = None,
+                progress: Callable[[int], None] | None = None) -> Readout:
     """Evaluate every patched run of ``patches`` ([R] readout).
 
     ``source[l]``: the component's activation at layer l on the source prompts (clean for
@@ -388,4 +392,4 @@ def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
     return run_rows(model, enc, patches.prompt_of, tokens=tokens, lengths=enc.lengths,
                     hooks=hooks, start_layer=start, start_resid=start_resid,
                     resid_at_zero=component == "resid_pre", batch_size=batch_size,
-                    reads=reads)
+                    reads=reads, progress=progress)

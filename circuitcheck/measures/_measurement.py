@@ -36,6 +36,7 @@ class Measurement:
     task: str = ""
     problem: str | None = None
     details: dict[str, Any] = field(default_factory=dict, repr=False)
+    unit: str = "prompts"  # what ``per_prompt`` counts: prompts, or Monte-Carlo trials
 
     @property
     def n(self) -> int:
@@ -80,7 +81,7 @@ class Measurement:
 
         out = {
             "kind": self.kind, "value": num(self.value), "ci": [num(self.ci[0]), num(self.ci[1])],
-            "confidence": self.confidence, "n": self.n, "metric": self.metric,
+            "confidence": self.confidence, "n": self.n, "unit": self.unit, "metric": self.metric,
             "ablation": self.ablation, "baselines": {k: num(v) for k, v in self.baselines.items()},
             "seed": self.seed, "model": self.model, "task": self.task, "problem": self.problem,
             "per_prompt": [num(x) for x in np.asarray(self.per_prompt, dtype=float).tolist()],

@@ -25,7 +25,7 @@ import numpy as np
 from ..circuit import Head, parse_head
 from ..errors import CircuitCheckError, CircuitError
 from ..interventions import Readout
-from ..interventions.patching import check_paired
+from ..interventions.patching import HEAD_COMPONENTS, check_paired, n_units
 from ..stats import bootstrap_ci
 from ..tasks import EncodedTask, Task
 from ._measurement import Measurement
@@ -43,9 +43,13 @@ class PatchGrid(ResultProtocol):
     ``values`` has axes ``dims`` (e.g. ``("layer", "head")`` or ``("layer", "pos", "head")``),
     labelled by ``coords[dim]``. ``per_prompt`` holds the raw metric of each patched run
     (``dims + ("prompt",)``; NaN where a prompt has no such position), ``clean`` and
-    ``corrupted`` the unpatched runs' metric per prompt. ``method`` is ``exact`` or
-    ``attribution`` (a first-order estimate). ``problem`` is set (and ``values`` NaN) when the
-    model does not tell clean from corrupted, so there is nothing to normalise by.
+    ``corrupted`` the unpatched runs' metric per prompt. ``method`` is ``exact``,
+    ``attribution`` (a first-order estimate), ``screened`` (attribution, then exact where the
+    screen cannot rule a cell out) or ``path``. ``exact`` (same shape as ``values``) says which
+    cells were patched exactly; a screened grid keeps the screen's estimate in the others, and a
+    grid computed for a subset (``heads=``, ``layers=``) holds NaN outside it. ``problem`` is
+    set (and ``values`` NaN) when the model does not tell clean from corrupted, so there is
+    nothing to normalise by.
     """
 
     values: np.ndarray
@@ -60,6 +64,13 @@ class PatchGrid(ResultProtocol):
     clean: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     corrupted: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     problem: str | None = None
+    exact: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    screen: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            object.__setattr__(self, "exact", np.full(self.values.shape,
+                                                      self.method in ("exact", "path")))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -84,8 +95,12 @@ class PatchGrid(ResultProtocol):
 
     def summary(self) -> str:
         best = ", ".join(f"{k} {v:+.2f}" for k, v in self.top(3))
+        extra = ""
+        if self.method == "screened":
+            extra = f" ({int(self.exact.sum())} of {self.exact.size} cells exact)"
         return (f"{self.method} {self.direction} patching of {self.component} over "
-                f"{' x '.join(self.dims)} {self.shape}: {self.normalization}; largest {best}")
+                f"{' x '.join(self.dims)} {self.shape}{extra}: {self.normalization}; "
+                f"largest {best}")
 
     def __getitem__(self, key: Any) -> Any:
         """``grid["9.9"]`` / ``grid[9, 9]`` for a (layer, head) grid; else numpy indexing."""
@@ -122,7 +137,9 @@ class PatchGrid(ResultProtocol):
                            for v in self.values.ravel()],
                 "shape": list(self.shape), "metric": self.metric,
                 "normalization": self.normalization, "component": self.component,
-                "direction": self.direction, "method": self.method, "problem": self.problem}
+                "direction": self.direction, "method": self.method, "problem": self.problem,
+                "exact": [bool(x) for x in np.asarray(self.exact).ravel()],
+                "screen": self.screen}
 
 
 def _normalization(direction: str) -> str:
@@ -185,6 +202,38 @@ def _position_index(s: _Setup, positions: Sequence[str]) -> "torch.Tensor":
     return torch.stack([s.enc.positions[p] for p in positions], dim=1)
 
 
+def _layout(model: Any, s: _Setup, component: str, per_position: bool,
+            positions: Sequence[str] | None
+            ) -> tuple["torch.Tensor | None", tuple[int, ...], tuple[str, ...],
+                       dict[str, tuple[Any, ...]]]:
+    """[N, K] position of each grid position per prompt (None: all positions at once), and the
+    grid's shape, dims and coords."""
+    import torch
+
+    enc = s.enc
+    L, N, P = model.cfg.n_layers, enc.n, enc.tokens.shape[1]
+    is_head = component in HEAD_COMPONENTS
+    U = n_units(model, component) if is_head else 1
+    if positions is not None:
+        pos_of = _position_index(s, positions)  # [N, K]
+        pos_labels: tuple[Any, ...] = tuple(positions)
+    elif per_position:
+        pos_of = torch.arange(P).expand(N, P)
+        pos_labels = tuple(range(P))
+    else:
+        pos_of, pos_labels = None, ()
+    K = 1 if pos_of is None else pos_of.shape[1]
+    shape = (L,) + ((K,) if pos_of is not None else ()) + ((U,) if is_head else ())
+    dims = ("layer",) + (("pos",) if pos_of is not None else ()) + (
+        ("kv_head" if U != model.cfg.n_heads else "head",) if is_head else ())
+    coords: dict[str, tuple[Any, ...]] = {"layer": tuple(range(L))}
+    if pos_of is not None:
+        coords["pos"] = pos_labels
+    if is_head:
+        coords[dims[-1]] = tuple(range(U))
+    return pos_of, shape, dims, coords
+
+
 def _ratio_cells(patched: np.ndarray, s_clean: np.ndarray, s_corr: np.ndarray,
                  direction: str) -> tuple[np.ndarray, str | None]:
     """Normalise per-prompt patched metrics ([..., N], NaN where absent) cell by cell."""
@@ -209,11 +258,11 @@ def _ratio_cells(patched: np.ndarray, s_clean: np.ndarray, s_corr: np.ndarray,
 
 def _grid(values_pp: np.ndarray, dims: tuple[str, ...], coords: dict[str, tuple[Any, ...]],
           s: _Setup, clean: Readout, corr: Readout, component: str, direction: str,
-          method: str = "exact") -> PatchGrid:
+          method: str = "exact", exact: np.ndarray | None = None) -> PatchGrid:
     c, k = s.metric(clean), s.metric(corr)
     values, problem = _ratio_cells(values_pp, c, k, direction)
     return PatchGrid(values, dims, coords, s.metric.name, _normalization(direction), component,
-                     direction, method, values_pp, c, k, problem)
+                     direction, method, values_pp, c, k, problem, exact)
 
 
 def _ratio_measurement(kind: str, numer: np.ndarray, base: np.ndarray, full: np.ndarray,
@@ -246,3 +295,44 @@ def _seed(seed: int | None) -> int:
     from .. import _settings
 
     return _settings.seed() if seed is None else int(seed)
+
+
+def _cells(model: Any, shape: tuple[int, ...], dims: tuple[str, ...], heads: Any = None,
+           layers: Any = None) -> np.ndarray | None:
+    """The grid cells a ``heads=`` / ``layers=`` subset asks for (None: every cell).
+
+    ``heads`` names (layer, head) units: query heads, or key/value heads on a grid whose last
+    dim is ``kv_head`` (k, v on grouped-query models); every position of each."""
+    if heads is None and layers is None:
+        return None
+    L = model.cfg.n_layers
+    keep = np.ones(shape, dtype=bool)
+    if layers is not None:
+        ls = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+        for layer in ls:
+            if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < L:
+                raise CircuitError(f"layer {layer!r} in layers= is out of range: the model has "
+                                   f"{L} layers (0..{L - 1})")
+        lm = np.zeros(L, dtype=bool)
+        lm[[int(x) for x in ls]] = True
+        keep &= lm.reshape((L,) + (1,) * (len(shape) - 1))
+    if heads is not None:
+        if dims[-1] not in ("head", "kv_head"):
+            raise CircuitError(f"heads= selects heads, but this grid has dims {dims}; use "
+                               "layers=")
+        if isinstance(heads, str) or (isinstance(heads, tuple) and len(heads) == 2
+                                      and all(isinstance(x, int) for x in heads)):
+            heads = [heads]
+        U = shape[-1]
+        hm = np.zeros((L, U), dtype=bool)
+        for h in heads:
+            layer, u = parse_head(h)
+            if not (0 <= layer < L and 0 <= u < U):
+                what = "key/value heads" if dims[-1] == "kv_head" else "heads"
+                raise CircuitError(f"head {layer}.{u} in heads= is out of range: the model has "
+                                   f"{L} layers and {U} {what} per layer for this component")
+            hm[layer, u] = True
+        keep &= hm.reshape((L,) + (1,) * (len(shape) - 2) + (U,))
+    if not keep.any():
+        raise CircuitError("heads= / layers= select no cell of the grid")
+    return keep

@@ -8,41 +8,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CircuitError
+from ..errors import CircuitCheckError, CircuitError
+from ..progress import progress_bar
 from ..interventions import Readout
 from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Patches, cache_run,
                                       check_component, check_direction, hook_name, n_units,
                                       run_patches)
 from ..tasks import Task
 from ._measurement import Measurement
-from ._patching_base import (PatchGrid, _Setup, _grid, _head_mask, _heads, _position_index,
-                             _ratio_measurement, _seed, _setup)
+from ._patching_base import (PatchGrid, _cells, _layout, _grid, _head_mask, _heads,
+                             _ratio_measurement, _seed, _setup, _Setup)
 from .metrics import Metric
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def _units(model: Any, s: _Setup, component: str, per_position: bool,
-           positions: Sequence[str] | None
-           ) -> tuple[Patches, "torch.Tensor", tuple[int, ...], tuple[str, ...],
-                      dict[str, tuple[Any, ...]]]:
-    """Every (layer, [position,] [head]) unit x every prompt that has it, as patched rows, and
-    the flat grid cell each row's value belongs to."""
+def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
+           cells: np.ndarray | None) -> tuple[Patches, "torch.Tensor"]:
+    """Every (layer, [position,] [head]) unit in ``cells`` (default all) x every prompt that has
+    it, as patched rows, and the flat grid cell each row's value belongs to."""
     import torch
 
     enc = s.enc
-    L, N, P = s.model.cfg.n_layers, enc.n, enc.tokens.shape[1]
+    L, N, P = model.cfg.n_layers, enc.n, enc.tokens.shape[1]
     is_head = component in HEAD_COMPONENTS
     U = n_units(model, component) if is_head else 1
-    if positions is not None:
-        pos_of = _position_index(s, positions)  # [N, K]
-        pos_labels: tuple[Any, ...] = tuple(positions)
-    elif per_position:
-        pos_of = torch.arange(P).expand(N, P)
-        pos_labels = tuple(range(P))
-    else:
-        pos_of, pos_labels = None, ()
     K = 1 if pos_of is None else pos_of.shape[1]
     # unit grid [L, K, U] x prompts
     lay, kk, uu, pp = torch.meshgrid(torch.arange(L), torch.arange(K), torch.arange(U),
@@ -55,6 +46,8 @@ def _units(model: Any, s: _Setup, component: str, per_position: bool,
         where = pos_of[pp, kk]  # [R]
         keep = where < enc.lengths[pp]
         pos_mask = torch.arange(P)[None, :] == where[:, None]
+    if cells is not None:
+        keep &= torch.from_numpy(np.asarray(cells).reshape(L, K, U))[lay, kk, uu]
     lay, kk, uu, pp, pos_mask = lay[keep], kk[keep], uu[keep], pp[keep], pos_mask[keep]
     R = len(pp)
     layer_mask = torch.zeros(R, L, dtype=torch.bool)
@@ -64,47 +57,68 @@ def _units(model: Any, s: _Setup, component: str, per_position: bool,
         head_mask[torch.arange(R), lay, uu] = True
     else:
         head_mask[:] = True
-    patches = Patches(pp, layer_mask, head_mask, pos_mask)
-    shape = (L,) + ((K,) if pos_of is not None else ()) + ((U,) if is_head else ())
-    dims = ("layer",) + (("pos",) if pos_of is not None else ()) + (
-        ("kv_head" if U != s.model.cfg.n_heads else "head",) if is_head else ())
-    coords: dict[str, tuple[Any, ...]] = {"layer": tuple(range(L))}
-    if pos_of is not None:
-        coords["pos"] = pos_labels
-    if is_head:
-        coords[dims[-1]] = tuple(range(U))
-    return patches, (lay * K + kk) * U + uu, shape, dims, coords
+    return Patches(pp, layer_mask, head_mask, pos_mask), (lay * K + kk) * U + uu
 
 
 def _sweep(model: Any, s: _Setup, component: str, per_position: bool,
-           positions: Sequence[str] | None, direction: str, batch_size: int | None) -> PatchGrid:
+           positions: Sequence[str] | None, direction: str, batch_size: int | None,
+           cells: np.ndarray | None = None, progress: Any = None) -> PatchGrid:
+    """Exact patching of ``cells`` of the grid (default all); NaN elsewhere."""
     enc = s.enc
     L = model.cfg.n_layers
-    patches, cell, shape, dims, coords = _units(model, s, component, per_position, positions)
+    pos_of, shape, dims, coords = _layout(model, s, component, per_position, positions)
+    patches, cell = _units(model, s, component, pos_of, cells)
     src_toks, base_toks = ((enc.tokens, enc.corrupted) if direction == "denoise"
                            else (enc.corrupted, enc.tokens))
     starts = sorted(set(patches.first_layer.tolist()))
-    src_names = [hook_name(component, l) for l in range(L)]
+    used = sorted(set(patches.layer_mask.any(0).nonzero().flatten().tolist()))
+    src_names = [hook_name(component, l) for l in used]
     base_names = [f"blocks.{l}.hook_resid_pre" for l in starts
                   if l > 0 or component == "resid_pre"]
     src_acts, src_read = cache_run(model, enc, src_toks, src_names, batch_size=batch_size)
     base_acts, base_read = cache_run(model, enc, base_toks, base_names, batch_size=batch_size)
-    source = {l: src_acts[hook_name(component, l)] for l in range(L)}
+    source = {l: src_acts[hook_name(component, l)] for l in used}
     base_resid = {int(n.split(".")[1]): a for n, a in base_acts.items()}
-    out = run_patches(model, enc, patches, component, direction, source, base_resid,
-                      batch_size=batch_size, reads=s.metric.reads or None)
-    vals = s.metric(out)
-    cells = int(np.prod(shape))
-    pp = np.full((cells, enc.n), np.nan)
-    pp[cell.numpy(), patches.prompt_of.numpy()] = vals
+    cells_n = int(np.prod(shape))
+    pp = np.full((cells_n, enc.n), np.nan)
+    if len(patches):
+        with progress_bar(progress, len(patches), f"patching {component}") as bar:
+            out = run_patches(model, enc, patches, component, direction, source, base_resid,
+                              batch_size=batch_size, reads=s.metric.reads or None,
+                              progress=bar)
+        pp[cell.numpy(), patches.prompt_of.numpy()] = s.metric(out)
     clean, corr = (src_read, base_read) if direction == "denoise" else (base_read, src_read)
+    exact = np.ones(shape, dtype=bool) if cells is None else np.asarray(cells).reshape(shape)
     return _grid(pp.reshape(shape + (enc.n,)), dims, coords, s, clean, corr, component,
-                 direction)
+                 direction, exact=exact.copy())
+
+
+def _measure(model: Any, task: Task, component: str, per_position: bool,
+             positions: Sequence[str] | None, direction: str, metric: "str | Metric",
+             batch_size: int | None, heads: Any, layers: Any, screen: str | None,
+             screen_options: dict[str, Any] | None, progress: Any) -> PatchGrid:
+    s = _setup(model, task, metric)
+    _, shape, dims, _ = _layout(model, s, component, per_position, positions)
+    cells = _cells(model, shape, dims, heads, layers)
+    if screen is None:
+        return _sweep(model, s, component, per_position, positions, direction, batch_size,
+                      cells, progress)
+    if screen != "attribution":
+        raise CircuitCheckError(f"unknown screen {screen!r}; use screen='attribution' or None")
+    from .screen import screened
+
+    def exact(todo: np.ndarray) -> PatchGrid:
+        return _sweep(model, s, component, per_position, positions, direction, batch_size,
+                      todo, progress)
+    return screened(model, s, component, per_position, positions, direction, batch_size,
+                    cells, progress, exact, **(screen_options or {}))
 
 
 def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: bool = False,
                 positions: Sequence[str] | None = None, direction: str = "denoise",
-                metric: "str | Metric" = "logit_diff", batch_size: int | None = None
+                metric: "str | Metric" = "logit_diff", batch_size: int | None = None,
+                heads: Any = None, layers: Any = None, screen: str | None = None,
+                screen_options: dict[str, Any] | None = None, progress: Any = None
                 ) -> PatchGrid:
     """Activation patching of every head, exact: one patched run per (head, prompt).
 
@@ -114,23 +128,34 @@ def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: b
     (``positions=["S2", "end"]``). On grouped-query models k and v are per key/value head
     (dim ``kv_head``). Runs start at the patched layer from the cached base residual stream and
     read logits only at each prompt's last token (see ``interventions.patching``).
+
+    ``heads=`` / ``layers=`` patch only those heads (key/value heads for k, v on grouped-query
+    models) or layers; the grid keeps its full shape, NaN elsewhere, and ``grid.exact`` marks
+    what was computed. ``screen="attribution"`` estimates every cell by attribution patching
+    first and patches exactly only the cells the estimate cannot rule out (the rule is in
+    ``circuitcheck.measures.screen.screened``; options in ``screen_options``: ``top``, ``at``,
+    ``audit``, ``safety``, ``seed``). ``progress``: a tqdm bar on a terminal (default: on when
+    stderr is a terminal, see ``circuitcheck.progress``).
     """
     check_component(component, HEAD_COMPONENTS)
     check_direction(direction)
-    s = _setup(model, task, metric)
-    return _sweep(model, s, component, per_position, positions, direction, batch_size)
+    return _measure(model, task, component, per_position, positions, direction, metric,
+                    batch_size, heads, layers, screen, screen_options, progress)
 
 
 def patch_residual(model: Any, task: Task, *, component: str = "resid_pre",
                    per_position: bool = True, positions: Sequence[str] | None = None,
                    direction: str = "denoise", metric: "str | Metric" = "logit_diff",
-                   batch_size: int | None = None) -> PatchGrid:
+                   batch_size: int | None = None, layers: Any = None,
+                   screen: str | None = None, screen_options: dict[str, Any] | None = None,
+                   progress: Any = None) -> PatchGrid:
     """Activation patching of ``resid_pre``, ``attn_out`` or ``mlp_out``: ``[layer, pos]``
-    (or ``[layer]`` with ``per_position=False``, or named ``positions``)."""
+    (or ``[layer]`` with ``per_position=False``, or named ``positions``). ``layers=``,
+    ``screen=`` and ``progress`` as in ``patch_heads``."""
     check_component(component, RESIDUAL_COMPONENTS)
     check_direction(direction)
-    s = _setup(model, task, metric)
-    return _sweep(model, s, component, per_position, positions, direction, batch_size)
+    return _measure(model, task, component, per_position, positions, direction, metric,
+                    batch_size, None, layers, screen, screen_options, progress)
 
 
 def patch_head_set(model: Any, task: Task, heads: Any, *, component: str = "z",
@@ -178,8 +203,12 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
     """How much of the clean behaviour patching ``heads`` (together, clean → corrupted, all
     positions) restores: (F(patched) - F(corrupted)) / (F(clean) - F(corrupted)).
 
-    With ``heatmap`` the measurement's details carry every single head's recovery (one
-    ``patch_heads`` sweep) for the report."""
+    With ``heatmap`` the measurement's details carry every single head's recovery for the
+    report: the attribution-screened grid (``patch_heads(..., screen="attribution")``: exact
+    for every head that could matter, the screen's estimate for the rest), or, for a metric
+    with no gradient, the claimed heads alone patched exactly. Nothing else is computed."""
+    from .attribution import DIFFERENTIABLE
+
     hs = _heads(model, heads)
     patched, clean, corr = patch_head_set(model, task, hs, component=component,
                                           metric=metric, batch_size=batch_size)
@@ -187,10 +216,17 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
     c, k = s.metric(clean), s.metric(corr)
     details: dict[str, Any] = {"heads": [list(h) for h in hs], "component": component}
     if heatmap:
-        grid = patch_heads(model, task, component=component, metric=metric,
-                           batch_size=batch_size)
+        if s.metric.name in DIFFERENTIABLE:
+            grid = patch_heads(model, task, component=component, metric=metric,
+                               batch_size=batch_size, screen="attribution")
+        else:
+            grid = patch_heads(model, task, component=component, metric=metric,
+                               batch_size=batch_size, heads=hs)
         details["heatmaps"] = {f"patching {component} (denoise)": grid.heatmap(outline=hs)}
-        details["top"] = [[f"{l}.{h}", v] for (l, h), v in grid.top(5, by_abs=False)]
+        details["top"] = [[f"{l}.{h}", v] for (l, h), v in grid.top(5, by_abs=False)
+                          if grid.exact[l, h]]
+        details["grid"] = {"method": grid.method, "exact_cells": int(grid.exact.sum()),
+                           "cells": int(grid.exact.size)}
     return _ratio_measurement(
         "patching recovery", patched, k, c, s.metric, seed=_seed(seed), confidence=confidence,
         model=model, task=task, what="the corrupted prompts",

@@ -9,11 +9,11 @@ import numpy as np
 
 from ..errors import CircuitCheckError
 from ..interventions.ablation import as_readout, last_token_hook, readout
-from ..interventions.patching import (HEAD_COMPONENTS, cache_run, check_component, check_direction,
-                                      hook_name)
+from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, cache_run,
+                                      check_component, check_direction, hook_name)
+from ..progress import progress_bar
 from ..tasks import EncodedTask, Task
-from ._patching_base import PatchGrid, _grid, _setup
-from .metrics import Metric
+from ._patching_base import PatchGrid, _cells, _grid, _layout, _setup, _Setup
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,66 +45,104 @@ def _torch_metric(name: str, logits: "torch.Tensor", enc: EncodedTask,
 
 
 def attribution_patch_heads(model: Any, task: Task, *, component: str = "z",
-                            per_position: bool = False, direction: str = "denoise",
-                            metric: str = "logit_diff", batch_size: int | None = None
-                            ) -> PatchGrid:
+                            per_position: bool = False, positions: Sequence[str] | None = None,
+                            direction: str = "denoise", metric: str = "logit_diff",
+                            batch_size: int | None = None, heads: Any = None,
+                            layers: Any = None) -> PatchGrid:
     """Attribution patching: every head's patching effect from one forward and one backward
     pass (Nanda 2023), the first-order estimate (source - base activation) · ∂metric/∂activation
     at the base run, summed over the head's positions (and dimensions).
 
     Denoising differentiates the corrupted run and uses clean - corrupted activations; noising
-    the reverse. Same layout and normalisation as ``patch_heads``; ``method="attribution"``.
+    the reverse. Same layout and normalisation as ``patch_heads`` (``per_position``, named
+    ``positions``, ``heads=`` / ``layers=`` subsets: NaN outside them); ``method="attribution"``.
     It is exact for a patch the metric responds to linearly and can be far off otherwise (e.g.
-    patches that move attention patterns a lot): check it against ``patch_heads`` on a sample.
+    patches that move attention patterns a lot): check it against ``patch_heads`` on a sample,
+    or use ``patch_heads(..., screen="attribution")``, which does.
     """
-    import torch
-
     check_component(component, HEAD_COMPONENTS)
     check_direction(direction)
-    name = metric.name if isinstance(metric, Metric) else metric
+    s = _setup(model, task, metric, what="attribution patching")
+    _, shape, dims, _ = _layout(model, s, component, per_position, positions)
+    return _attribution(model, s, component, per_position, positions, direction, batch_size,
+                        _cells(model, shape, dims, heads, layers))
+
+
+def attribution_patch_residual(model: Any, task: Task, *, component: str = "resid_pre",
+                               per_position: bool = True,
+                               positions: Sequence[str] | None = None,
+                               direction: str = "denoise", metric: str = "logit_diff",
+                               batch_size: int | None = None, layers: Any = None) -> PatchGrid:
+    """Attribution patching of ``resid_pre``, ``attn_out`` or ``mlp_out``, in
+    ``patch_residual``'s layout (see ``attribution_patch_heads``)."""
+    check_component(component, RESIDUAL_COMPONENTS)
+    check_direction(direction)
+    s = _setup(model, task, metric, what="attribution patching")
+    _, shape, dims, _ = _layout(model, s, component, per_position, positions)
+    return _attribution(model, s, component, per_position, positions, direction, batch_size,
+                        _cells(model, shape, dims, None, layers))
+
+
+def _attribution(model: Any, s: _Setup, component: str, per_position: bool,
+                 positions: Sequence[str] | None, direction: str, batch_size: int | None,
+                 cells: np.ndarray | None, progress: Any = None) -> PatchGrid:
+    """The attribution grid of ``cells`` (default all; NaN elsewhere), ``_layout``'s layout."""
+    import torch
+
+    name = s.metric.name
     if name not in DIFFERENTIABLE:
         raise CircuitCheckError(
             f"attribution patching needs a differentiable metric; {name!r} is not; use one of "
             f"{list(DIFFERENTIABLE)} or exact patching (cc.patch_heads)")
-    s = _setup(model, task, metric, what="attribution patching")
     enc = s.enc
     L, N, P = model.cfg.n_layers, enc.n, enc.tokens.shape[1]
-    names = [hook_name(component, l) for l in range(L)]
+    pos_of, shape, dims, coords = _layout(model, s, component, per_position, positions)
+    is_head = component in HEAD_COMPONENTS
+    U = shape[-1] if is_head else 1
+    used = (list(range(L)) if cells is None else
+            sorted(set(np.nonzero(np.asarray(cells).reshape(L, -1).any(1))[0].tolist())))
+    names = [hook_name(component, l) for l in used]
     src_toks, base_toks = ((enc.tokens, enc.corrupted) if direction == "denoise"
                            else (enc.corrupted, enc.tokens))
     src_acts, src_read = cache_run(model, enc, src_toks, names, batch_size=batch_size)
-    attr: list[torch.Tensor] = []  # per chunk [B, L, (P,) U]
+    est = np.full((N, L, P, U), np.nan)  # per absolute position first
     parts = []
     bs = batch_size or max(1, _rows(model, P) // 3)  # activations + graph stay alive
-    for start in range(0, N, bs):
-        prompts = torch.arange(start, min(start + bs, N))
-        base_vals, logits = _forward_backward(model, enc, base_toks, prompts, names, name)
-        cells = []
-        for n in names:
-            a, g = base_vals[n]
-            src = _trim(component, src_acts[n][prompts.to(src_acts[n].device)], a.shape)
-            cells.append(_reduce(component, (src - a) * g, per_position))
-        chunk = torch.stack(cells, 1).cpu().float()  # [B, L, (P_chunk,) U]
-        if per_position:  # chunks trim padding differently: pad back to the task's length
-            chunk = torch.nn.functional.pad(chunk, (0, 0, 0, P - chunk.shape[2]))
-        attr.append(chunk)
-        parts.append((prompts, readout(model, logits, enc, prompts)))
+    with progress_bar(progress, N, f"attribution {component}", unit="prompt") as bar:
+        for start in range(0, N, bs):
+            prompts = torch.arange(start, min(start + bs, N))
+            base_vals, logits = _forward_backward(model, enc, base_toks, prompts, names, name)
+            for l, n in zip(used, names):
+                a, g = base_vals[n]
+                src = _trim(component, src_acts[n][prompts.to(src_acts[n].device)], a.shape)
+                cell = _reduce(component, (src - a) * g).cpu().double().numpy()  # [B, Pc, U]
+                est[prompts.numpy(), l, :cell.shape[1]] = cell
+            parts.append((prompts, readout(model, logits, enc, prompts)))
+            if bar is not None:
+                bar(len(prompts))
     base_read = as_readout(parts, N)
-    est = torch.cat(attr).numpy().astype(float)  # [N, L, (P,) U]
+    valid = np.arange(P)[None, :] < enc.lengths.numpy()[:, None]  # [N, P]
+    if pos_of is None:
+        est = np.where(valid[:, None, :, None], np.nan_to_num(est), 0).sum(2)  # [N, L, U]
+        est[:, [l for l in range(L) if l not in used]] = np.nan
+    else:
+        if per_position and positions is None:
+            est = np.where(valid[:, None, :, None], est, np.nan)
+        else:
+            idx = pos_of.numpy()  # [N, K]
+            ok = idx < enc.lengths.numpy()[:, None]
+            est = est[np.arange(N)[:, None], :, np.minimum(idx, P - 1)]  # [N, K, L, U]
+            est = np.where(ok[:, :, None, None], est, np.nan).transpose(0, 2, 1, 3)
     base_metric = s.metric(base_read)
     est = est + base_metric.reshape((N,) + (1,) * (est.ndim - 1))
-    if per_position:  # positions a prompt does not have are not patches
-        valid = (np.arange(P)[None, :] < enc.lengths.numpy()[:, None])
-        est = np.where(valid[:, None, :, None], est, np.nan)
-    pp = np.moveaxis(est, 0, -1)  # [L, (P,) U, N]
-    U = pp.shape[-2]
-    dims = ("layer",) + (("pos",) if per_position else ()) + (
-        "kv_head" if U != model.cfg.n_heads else "head",)
-    coords = {"layer": tuple(range(L)), dims[-1]: tuple(range(U))}
-    if per_position:
-        coords["pos"] = tuple(range(P))
+    if not is_head:
+        est = est[..., 0]
+    if cells is not None:
+        est = np.where(np.asarray(cells)[None], est, np.nan)
+    pp = np.moveaxis(est, 0, -1)  # [L, (K,) (U,) N]
     clean, corr = (src_read, base_read) if direction == "denoise" else (base_read, src_read)
-    return _grid(pp, dims, coords, s, clean, corr, component, direction, "attribution")
+    return _grid(pp, dims, coords, s, clean, corr, component, direction, "attribution",
+                 exact=np.zeros(shape, dtype=bool))
 
 
 def _rows(model: Any, P: int) -> int:
@@ -155,13 +193,14 @@ def _trim(component: str, src: "torch.Tensor", shape: "torch.Size") -> "torch.Te
     return src[:, :, :P, :P] if component == "pattern" else src[:, :P]
 
 
-def _reduce(component: str, prod: "torch.Tensor", per_position: bool) -> "torch.Tensor":
-    """Sum an attribution product to [B, (P,) U]: over d_head, or over keys for patterns."""
+def _reduce(component: str, prod: "torch.Tensor") -> "torch.Tensor":
+    """Sum an attribution product to [B, P, U] per position: over d_head (or d_model, U = 1),
+    or over keys for patterns."""
     if component == "pattern":  # [B, H, Pq, Pk]
-        out = prod.sum(-1)  # [B, H, Pq]
-        return out.transpose(1, 2) if per_position else out.sum(-1)
-    out = prod.sum(-1)  # [B, P, U]
-    return out if per_position else out.sum(1)
+        return prod.sum(-1).transpose(1, 2)
+    if component in HEAD_COMPONENTS:  # [B, P, U, D]
+        return prod.sum(-1)
+    return prod.sum(-1)[..., None]  # [B, P, d_model]
 
 
 def correlation(a: PatchGrid, b: PatchGrid) -> float:

@@ -19,13 +19,15 @@ from .activation_patching import patch_head_set, patch_heads, patch_residual, pa
 from .attention_ablation import (AttentionAblation, RandomComparison, ablate_attention,
                                  attention_ablation_effect, attention_ablation_grid,
                                  compare_to_random)
-from .attribution import DIFFERENTIABLE, attribution_patch_heads, correlation
+from .attribution import (DIFFERENTIABLE, attribution_patch_heads, attribution_patch_residual,
+                          correlation)
 from .dla import DirectLogitAttribution, direct_effect, direct_logit_attribution
 from .path_patching import RECEIVER_INPUTS, PathPatchResult, path_patch, path_patch_heads
 
 __all__ = ["DIFFERENTIABLE", "RECEIVER_INPUTS", "AttentionAblation", "DirectLogitAttribution",
            "PatchGrid", "PathPatchResult", "RandomComparison", "ablate_attention",
            "attention_ablation_effect", "attention_ablation_grid", "attribution_patch_heads",
+           "attribution_patch_residual",
            "compare_to_random", "correlation", "direct_effect", "direct_logit_attribution",
            "patch_head_set", "patch_heads", "patch_residual", "patching_recovery", "path_patch",
            "path_patch_heads"]

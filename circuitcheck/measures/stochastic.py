@@ -57,6 +57,8 @@ class HeadEffects(ResultProtocol):
     normalized: np.ndarray  # the notebook's normalised score
     trials: int
     confidence: float
+    rate: float = float("nan")  # mean metric over the regime's trials
+    degenerate: str | None = None  # why the regime's trials cannot inform, in words
 
     def ranking(self) -> list[Head]:
         H = self.effect.shape[1]
@@ -84,12 +86,16 @@ class HeadEffects(ResultProtocol):
                          "values": self.effect, "ci_low": self.ci_low, "ci_high": self.ci_high,
                          "rate_kept": self.rate_kept, "rate_ablated": self.rate_ablated,
                          "normalized": self.normalized, "trials": self.trials,
-                         "confidence": self.confidence})
+                         "confidence": self.confidence, "rate": self.rate,
+                         "degenerate": self.degenerate})
 
     def summary(self) -> str:
+        if self.degenerate:
+            return (f"{self.regime} regime DEGENERATE (keep_prob {self.keep_prob:.3g}, "
+                    f"{self.trials} trials): {self.degenerate}; its effects are not findings")
         best = ", ".join(f"{format_head(h)} {self[h]:+.3f}" for h in self.ranking()[:3])
-        return (f"{self.regime} effects (keep_prob {self.keep_prob}, {self.trials} trials); "
-                f"top {best}")
+        return (f"{self.regime} effects (keep_prob {self.keep_prob:.3g}, {self.trials} trials, "
+                f"mean metric {self.rate:.3g}); top {best}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,8 +136,14 @@ class StochasticAblation(ResultProtocol):
 
     def summary(self) -> str:
         parts = [r.summary() for r in (self.importance, self.exclusion) if r is not None]
+        cal = self.notes.get("calibration")
+        how = ""
+        if cal:
+            how = "; keep probabilities calibrated: " + ", ".join(
+                f"{k} {v['keep_prob']:.3g} (target mean {v['target']:.3g}, probed "
+                f"{v['measured']:.3g})" for k, v in cal["regimes"].items())
         return (f"stochastic ablation ({self.ablation}, {self.metric}, {self.trials_used} trials"
-                f"{', ' + self.decision if self.decision else ''}): " + "; ".join(parts))
+                f"{', ' + self.decision if self.decision else ''}): " + "; ".join(parts) + how)
 
     @property
     def trials_used(self) -> int:
@@ -185,8 +197,10 @@ def _z(confidence: float) -> float:
 
 
 def estimate(masks: np.ndarray, metric: np.ndarray, prompt: np.ndarray, keep_prob: float,
-             regime: str, confidence: float = 0.95) -> HeadEffects:
-    """Per-head effects from trials: masks [T, L, H] bool, metric [T], prompt [T] ints."""
+             regime: str, confidence: float = 0.95,
+             ends: tuple[float, float] | None = None) -> HeadEffects:
+    """Per-head effects from trials: masks [T, L, H] bool, metric [T], prompt [T] ints.
+    ``ends``: (every head ablated, full model) mean metric, for the degeneracy check."""
     T, L, H = masks.shape
     X = masks.reshape(T, L * H).astype(float)
     y = metric.astype(float)
@@ -233,7 +247,41 @@ def estimate(masks: np.ndarray, metric: np.ndarray, prompt: np.ndarray, keep_pro
     return HeadEffects(regime, keep_prob, effect.reshape(shape), (effect - z * se).reshape(shape),
                        (effect + z * se).reshape(shape), rate_kept.reshape(shape),
                        rate_abl.reshape(shape), (lo.reshape(shape), hi.reshape(shape)),
-                       np.asarray(normalized).reshape(shape), T, confidence)
+                       np.asarray(normalized).reshape(shape), T, confidence, rate,
+                       degenerate(y, ends))
+
+
+#: The informative range of a regime's mean metric, as a fraction of the way from every head
+#: ablated (0) to the full model (1); outside it nearly every trial ends the same way.
+INFORMATIVE = (0.05, 0.95)
+
+
+def degenerate(y: np.ndarray, ends: tuple[float, float] | None = None) -> str | None:
+    """Why trials with metric values ``y`` cannot inform per-head effects, or None.
+
+    Binary metrics (top-1): fewer than 5% successes or failures, or fewer than 10 of the rarer
+    outcome. Otherwise, with ``ends`` = (all heads ablated, full model) mean metric: a mean
+    outside ``INFORMATIVE`` of the way between them, or ends too close to tell apart."""
+    if not len(y):
+        return "no trials"
+    rate = float(np.mean(y))
+    if np.isin(y, (0.0, 1.0)).all():
+        rare = min(rate, 1 - rate)
+        if rare < INFORMATIVE[0] or rare * len(y) < 10:
+            word = "succeeds" if rate < 0.5 else "fails"
+            return (f"the task {word} in only {rare:.1%} of trials ({round(rare * len(y))} of "
+                    f"{len(y)}), so keeping or ablating one head rarely changes the outcome")
+    if ends is not None:
+        r0, r1 = ends
+        if not abs(r1 - r0) > 1e-9 * max(abs(r0), abs(r1), 1.0):
+            return (f"ablating every head leaves the mean metric where the full model has it "
+                    f"({r0:.3g} vs {r1:.3g})")
+        frac = (rate - r0) / (r1 - r0)
+        if not INFORMATIVE[0] <= frac <= INFORMATIVE[1]:
+            return (f"the mean metric {rate:.3g} is {frac:.0%} of the way from every head "
+                    f"ablated ({r0:.3g}) to the full model ({r1:.3g}), outside the informative "
+                    f"{INFORMATIVE[0]:.0%}-{INFORMATIVE[1]:.0%}")
+    return None
 
 
 def _decide(eff: HeadEffects, claimed: list[Head], top: int) -> str:
@@ -258,13 +306,26 @@ def _decide(eff: HeadEffects, claimed: list[Head], top: int) -> str:
 
 
 def stochastic_ablation(
-    model: Any, task: Task, *, keep_prob: float = 0.3, exclusion_keep_prob: float | None = 0.85,
+    model: Any, task: Task, *, keep_prob: "float | str" = "auto",
+    exclusion_keep_prob: "float | str | None" = "auto",
     trials: int = 4096, seed: int | None = None, ablation: str = "mean",
     metric: str = "top1", reference: str | None = None, heads: Iterable[Any] | None = None,
     top: int | None = None, by: str = "importance", confidence: float = 0.95,
-    min_trials: int = 256, batch_size: int | None = None, progress: bool = False,
+    min_trials: int = 256, batch_size: int | None = None, progress: Any = None,
+    calibration_trials: int = 64,
 ) -> StochasticAblation:
     """Score every head by random ablation; ``trials`` is the budget per regime.
+
+    ``keep_prob`` / ``exclusion_keep_prob`` ``"auto"`` (the default) calibrates each on the
+    task (``calibrate``): a short bisection (``calibration_trials`` trials per probe, the same
+    random draws at every probe) for the keep probability at which the mean metric is 30%
+    (importance) or 70% (exclusion) of the way from every head ablated to the full model, where
+    trials end both ways often enough to inform. Fixed keep probabilities that suit a 2-layer
+    model (0.3 / 0.85) leave a 30-layer model failing almost every importance trial. The choice
+    and its probes are in ``notes["calibration"]``; each regime states plainly when its trials
+    are degenerate (``HeadEffects.degenerate``, also for keep probabilities given by hand).
+    ``exclusion_keep_prob=None`` skips the exclusion regime. Any metric works (top-1, logit
+    difference, probability, ...): the estimator is least squares on the per-trial metric.
 
     With ``heads`` (the claim "these are the most important heads") or ``top`` (find a
     separated top-k), sampling in regime ``by`` stops as soon as the claim is decided at
@@ -275,8 +336,9 @@ def stochastic_ablation(
 
     from .. import _validate
 
-    keep_prob = _validate.open_unit(keep_prob, "keep_prob")
-    if exclusion_keep_prob is not None:
+    if keep_prob != "auto":
+        keep_prob = _validate.open_unit(keep_prob, "keep_prob")
+    if exclusion_keep_prob not in (None, "auto"):
         exclusion_keep_prob = _validate.open_unit(exclusion_keep_prob, "exclusion_keep_prob")
     trials = _validate.count(trials, "trials")
     min_trials = _validate.count(min_trials, "min_trials")
@@ -296,9 +358,17 @@ def stochastic_ablation(
                                     f"and {H} heads per layer")
     deciding = bool(claimed) or top is not None
     top = top or len(claimed) or 1
-    regimes = [("importance", keep_prob)]
+    ends = _ends(model, enc, values, m, batch_size)
+    wanted = {"importance": keep_prob}
     if exclusion_keep_prob is not None:
-        regimes.append(("exclusion", exclusion_keep_prob))
+        wanted["exclusion"] = exclusion_keep_prob
+    calibration: dict[str, Any] = {}
+    for regime, p in list(wanted.items()):
+        if p == "auto":
+            wanted[regime], calibration[regime] = calibrate(
+                model, enc, values, m, TARGETS[regime], ends, seed=seed + 10,
+                trials=calibration_trials, batch_size=batch_size)
+    regimes = list(wanted.items())
     regimes.sort(key=lambda r: r[0] != by)  # the deciding regime first
     bar = _progress(progress, trials * len(regimes))
     raw: dict[str, dict[str, np.ndarray]] = {}
@@ -335,27 +405,92 @@ def stochastic_ablation(
             budget = len(metric_all)  # the other regime gets as many trials
         raw[regime] = {"masks": masks_all, "metric": metric_all, "prompt": prompt_all,
                        "keep_prob": p}
-        effects[regime] = estimate(masks_all, metric_all, prompt_all, p, regime, confidence)
+        effects[regime] = estimate(masks_all, metric_all, prompt_all, p, regime, confidence,
+                                   ends)
     if bar is not None:
         bar.close()
     return StochasticAblation(effects.get("importance"), effects.get("exclusion"), raw, m.name,
                               values.describe(), seed, trials, decision,
-                              {"looks": looks, "claimed": [list(h) for h in claimed], "top": top})
+                              {"looks": looks, "claimed": [list(h) for h in claimed], "top": top,
+                               "ends": {"all ablated": ends[0], "full": ends[1]},
+                               **({"calibration": {"regimes": calibration,
+                                                   "trials": sum(len(c["probes"]) *
+                                                                 calibration_trials
+                                                                 for c in calibration.values())}}
+                                  if calibration else {})})
 
 
-def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
+#: Where a calibrated regime's mean metric sits, as a fraction of the way from every head
+#: ablated to the full model.
+TARGETS = {"importance": 0.3, "exclusion": 0.7}
+
+
+def _ends(model: Any, enc: Any, values: Any, m: Any, batch_size: int | None
+          ) -> tuple[float, float]:
+    """(every head ablated, full model) mean metric over the task's prompts."""
+    import torch
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    masks = torch.stack([torch.zeros(L, H, dtype=torch.bool), torch.ones(L, H, dtype=torch.bool)])
+    out = m(run_variants(model, enc, Variants(masks), values, batch_size=batch_size,
+                         reads=m.reads or None))  # [2, N]
+    return float(out[0].mean()), float(out[1].mean())
+
+
+def calibrate(model: Any, enc: Any, values: Any, m: Any, target_frac: float,
+              ends: tuple[float, float], *, seed: int = 0, trials: int = 64, steps: int = 6,
+              batch_size: int | None = None) -> tuple[float, dict[str, Any]]:
+    """The keep probability at which the mean metric is ``target_frac`` of the way from every
+    head ablated (``ends[0]``) to the full model (``ends[1]``), by bisection over (0.02, 0.98).
+
+    Every probe uses the same ``trials`` uniform draws and prompts (common random numbers), so
+    the probed mean rises with the keep probability without sampling noise between probes.
+    Returns (keep_prob, {"target", "measured", "probes": [[p, mean], ...], "keep_prob"}).
+    """
+    import torch
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    r0, r1 = ends
+    target = r0 + target_frac * (r1 - r0)
+    gen = torch.Generator().manual_seed(seed + int(1000 * target_frac))
+    u = torch.rand(trials, L, H, generator=gen)
+    prompt = torch.randint(0, enc.n, (trials,), generator=gen)
+    lo, hi = 0.02, 0.98
+    probes: list[list[float]] = []
+    best = (float("inf"), 0.5, float("nan"))
+    for _ in range(steps):
+        p = (lo + hi) / 2
+        out = m(run_variants(model, enc, Variants(u < p), values, prompt_of=prompt,
+                             batch_size=batch_size, reads=m.reads or None))[:, 0]
+        mean = float(out.mean())
+        probes.append([p, mean])
+        if abs(mean - target) < best[0]:
+            best = (abs(mean - target), p, mean)
+        if (mean < target) == (r1 >= r0):
+            lo = p
+        else:
+            hi = p
+    _, p, mean = best
+    return p, {"keep_prob": p, "target": target, "target_frac": target_frac,
+               "measured": mean, "probes": probes, "trials_per_probe": trials}
+
+
+def _progress(enabled: Any, total: int) -> Any:
+    """A bar over the trials (``circuitcheck.progress``: auto by default), or None."""
+    from ..progress import progress_bar
+
+    ctx = progress_bar(enabled, total, "stochastic ablation", unit="trial")
+    advance = ctx.__enter__()
+    if advance is None:
+        ctx.__exit__(None, None, None)
         return None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="trial", desc="stochastic ablation")
 
     class _Bar:
         def __call__(self, n: int) -> None:
-            bar.update(n)
+            advance(n)
 
         def close(self) -> None:
-            bar.close()
+            ctx.__exit__(None, None, None)
 
     return _Bar()
 

@@ -176,7 +176,7 @@ def _details(r: dict[str, Any]) -> str:
             ("model", _e(m.get("model"))), ("task", _e(m.get("task"))),
             ("measurement", _e(f"{m.get('kind', '')}, metric {m.get('metric', '')}, "
                                f"ablation {m.get('ablation') or '-'}")),
-            ("sample", _e(f"n={m.get('n')} prompts, seed {m.get('seed')}, "
+            ("sample", _e(f"n={m.get('n')} {m.get('unit', 'prompts')}, seed {m.get('seed')}, "
                           f"{fmt(m.get('confidence'), '.0%')} interval"))]
     if m.get("circuit"):
         rows.append(("circuit", _e(_circuit_text(m["circuit"]))))
