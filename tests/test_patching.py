@@ -444,5 +444,6 @@ def test_bad_inputs_are_named(tiny, task_for):
     with pytest.raises(TaskError, match="unknown position 'S9'"):
         P.patch_heads(tiny, task, positions=["S9"])
     if tiny.cfg.n_key_value_heads not in (None, tiny.cfg.n_heads):
-        with pytest.raises(CircuitError, match="share"):
-            P.path_patch(tiny, task, ["0.1"], ["1.1"], receiver_input="k")
+        with pytest.raises(CircuitError, match="share"):  # a head set's k/v: still ambiguous
+            P.patch_head_set(tiny, task, ["1.1"], component="k")
+        # path patching into k / v is per query head (tests/test_path_depth.py)
