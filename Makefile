@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/circuitcheck demo
 
 test: $(VENV)/.real-model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Speed comparisons (not part of the tests); writes benchmarks/RESULTS.md
 bench: $(VENV)/.installed

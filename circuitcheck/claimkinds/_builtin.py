@@ -145,7 +145,9 @@ register(ClaimKind(
     params=(Param("heads", HEADS, True, "the patched heads"),
             Param("at_least", NUMBER, True, "required recovered fraction"),
             Param("component", TEXT, doc="z, q, k, v or pattern"), Param("metric", TEXT),
-            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL),
+            Param("heatmap", BOOL, doc="also the screened per-head grid for the report "
+                                       "(minutes on a 30-layer model)")),
     verdict=INTERVAL, records="patching recovery", figures=("histogram", "heatmap"),
     example={"heads": ["0.2", "1.1"], "at_least": 0.5}))
 
