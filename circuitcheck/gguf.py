@@ -144,17 +144,17 @@ def _dequantize(src: Path):  # -> (PreTrainedModel, tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
                                                      dtype=torch.float32)
-    except (ValueError, KeyError, NotImplementedError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelNotFoundError(
-            f"transformers could not dequantize {src.name}: {text}. Its GGUF support covers "
-            "common architectures (llama, mistral, qwen2, gpt2, ...); fix: convert this model "
-            "to a Hugging Face directory another way and pass that directory") from None
     except Exception as exc:  # gguf's reader fails in many ways on a cut file
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if isinstance(exc, (ValueError, NotImplementedError)) and "architecture" in text:
+            raise ModelNotFoundError(
+                f"transformers could not dequantize {src.name}: {text}. Its GGUF support covers "
+                "common architectures (llama, mistral, qwen2, gpt2, ...); fix: convert this "
+                "model to a Hugging Face directory another way and pass that directory"
+            ) from None
         raise ModelNotFoundError(
-            f"{src.name} could not be read as GGUF ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); the file may be truncated or corrupt: download it again"
-        ) from None
+            f"{src.name} could not be read as GGUF ({type(exc).__name__}: {text}); the file "
+            "may be truncated or corrupt: download it again") from None
     # the weights are plain tensors now: drop the quantizer so save_pretrained writes them
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -57,6 +57,25 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
         gguf.hf_copy(fake)
 
 
+def test_unsupported_architecture_is_a_clear_error(tmp_path, monkeypatch):
+    """A valid GGUF of an architecture transformers cannot dequantize (written here with the
+    gguf package) gets one message naming the file and the fix."""
+    gguf_pkg = pytest.importorskip("gguf")
+    import numpy as np
+
+    monkeypatch.setenv("CIRCUITCHECK_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "odd.gguf"
+    w = gguf_pkg.GGUFWriter(str(path), "mamba-x")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelNotFoundError, match=r"odd.gguf.*architecture mamba-x.*fix:"):
+        cc.load_model(path, device="cpu")
+
+
 @needs_wheel
 def test_truncated_gguf_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CIRCUITCHECK_CACHE", str(tmp_path / "cache"))
