@@ -133,7 +133,8 @@ def test_literature_claims_validate_and_skip_without_weights(pytester, monkeypat
     from pathlib import Path
 
     shipped = Path(__file__).resolve().parent.parent / "circuits"
-    files = sorted(p for p in shipped.glob("*.yaml") if not p.name.startswith("zoo_"))
+    files = sorted(p for p in shipped.glob("*.yaml")  # the zoo and SmolLM2 ones run here
+                   if not p.name.startswith(("zoo_", "smollm2_")))
     assert {p.name for p in files} >= {"ioi_gpt2.yaml", "induction_gpt2.yaml",
                                        "greater_than_gpt2.yaml", "copying_pythia160m.yaml"}
     for p in files:
