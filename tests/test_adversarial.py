@@ -260,11 +260,14 @@ def test_degenerate_measurements_are_not_measurable(planted):
     model, task, circuit = planted
     one = cc.Task(prompts=task.prompts[:1], answers=task.answers[:1],
                   wrong_answers=None if task.wrong_answers is None else task.wrong_answers[:1])
-    with pytest.raises(AssertionError, match="NOT MEASURABLE: only 1 prompt"):
+    from circuitcheck import _claims
+
+    with _claims.private(), pytest.raises(AssertionError, match="NOT MEASURABLE: only 1 prompt"):
         cc.assert_faithful(model, one, circuit, at_least=0.99, ablation="zero", metric="top1")
     solo = cc.Task(prompts=task.prompts, answers=task.answers, wrong_answers=task.wrong_answers,
                    groups=[f"t{i}" for i in range(len(task.prompts))])
-    with pytest.raises(AssertionError, match="NOT MEASURABLE: the ablation changes nothing"):
+    with _claims.private(), pytest.raises(AssertionError,
+                                          match="NOT MEASURABLE: the ablation changes nothing"):
         cc.assert_faithful(model, solo, cc.Circuit({"none": []}), at_least=0.9,
                            ablation="mean-by-template", reference="clean")
 
@@ -319,8 +322,10 @@ def test_reproduce_line_is_shell_quoted(planted, monkeypatch):
     import circuitcheck as cc
 
     model, task, circuit = planted
+    from circuitcheck import _claims
+
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "c.yaml::$(touch pwned) (call)")
-    with pytest.raises(AssertionError) as err:
+    with _claims.private(), pytest.raises(AssertionError) as err:
         cc.assert_faithful(model, task, circuit, at_least=1.5, ablation="mean", metric="top1")
     assert "reproduce  pytest 'c.yaml::$(touch pwned)' --cc-seed=" in str(err.value)
 
