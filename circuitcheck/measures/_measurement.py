@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from ._result import BoundsFromCi
+
 
 @dataclass(frozen=True, eq=False)
-class Measurement:
+class Measurement(BoundsFromCi):
     """One measured claim quantity; never a bare float.
 
     ``value`` is the point estimate, ``ci`` its ``confidence`` interval (paired bootstrap over
@@ -41,14 +43,6 @@ class Measurement:
     @property
     def n(self) -> int:
         return int(len(self.per_prompt))
-
-    @property
-    def ci_low(self) -> float:
-        return self.ci[0]
-
-    @property
-    def ci_high(self) -> float:
-        return self.ci[1]
 
     def table(self):
         """A one-row pandas DataFrame: kind, value, interval, n."""

@@ -32,6 +32,21 @@ class ResultProtocol:
                         ".values with a threshold, or use the cc.assert_* helpers")
 
 
+class BoundsFromCi:
+    """Mixin for results whose interval is ``ci`` (a field or property): ``ci_low``/``ci_high``
+    read from it."""
+
+    __slots__ = ()
+
+    @property
+    def ci_low(self) -> Any:
+        return self.ci[0]  # type: ignore[attr-defined]
+
+    @property
+    def ci_high(self) -> Any:
+        return self.ci[1]  # type: ignore[attr-defined]
+
+
 def nan_like(values: Any) -> Any:
     """NaN of ``values``' shape (a float for a scalar): the interval of a result without one."""
     if np.ndim(values) == 0:

@@ -42,12 +42,12 @@ import numpy as np
 from ..circuit import Circuit, Head, format_head
 from ..errors import CircuitCheckError
 from ..tasks import Task
-from ._result import jsonable
+from ._result import BoundsFromCi, jsonable
 from .circuit import _metric_rows, _setup
 
 
 @dataclass(frozen=True, eq=False)
-class HypothesisTest:
+class HypothesisTest(BoundsFromCi):
     """A test's statistic, p-value(s), decision and what was assumed."""
 
     name: str
@@ -77,14 +77,6 @@ class HypothesisTest:
             return (float("nan"), float("nan"))
         z = NormalDist().inv_cdf(0.975)
         return (self.statistic - z * se, self.statistic + z * se)
-
-    @property
-    def ci_low(self) -> float:
-        return self.ci[0]
-
-    @property
-    def ci_high(self) -> float:
-        return self.ci[1]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"name": self.name, "null": self.null, "value": self.statistic,
