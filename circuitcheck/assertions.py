@@ -55,6 +55,7 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
     base = "   ".join(f"{k} {'model ' if k == 'full' else ''}{val:.2f}"
                       for k, val in m.baselines.items())
     lines.append(f"  baselines  {base}")
+    lines += secondary_lines(m)
     if drops:
         top = list(drops.items())[:3]
         lines.append("  largest drops if removed: "
@@ -65,6 +66,15 @@ def claim_message(name: str, m: Measurement, v: str, op: str, threshold: float,
 
         lines.append(f"  reproduce  pytest {shlex.quote(node)} --cc-seed={m.seed}")
     return "\n".join(lines)
+
+
+def secondary_lines(m: Measurement) -> list[str]:
+    """The secondary metrics (circuit kept / full model / all ablated) and any warning."""
+    out = [f"  secondary  {name}: circuit {v['circuit']:.2f}   full model {v['full']:.2f}   "
+           f"all ablated {v['ablated']:.2f}" for name, v in m.details.get("secondary", {}).items()]
+    if m.details.get("warning"):
+        out.append(f"  WARNING    {m.details['warning']}")
+    return out
 
 
 def _conclude(entry: dict[str, Any], ok: bool, failure: Callable[[], str]) -> None:
@@ -95,8 +105,11 @@ def _finish(name: str, m: Measurement, op: str, threshold: float, drops_fn: Any 
         lines = claim_message(name, m, v, op, threshold, drops).split("\n")
         return "\n".join(lines[:1] + list(extra) + lines[1:])
 
-    _conclude({"claim": name, "kind": m.kind, "verdict": v, "op": op, "threshold": threshold,
-               "measurement": m.to_dict()}, ok, story)
+    entry = {"claim": name, "kind": m.kind, "verdict": v, "op": op, "threshold": threshold,
+             "measurement": m.to_dict()}
+    if m.details.get("warning"):
+        entry["warning"] = m.details["warning"]  # shown for a held claim too
+    _conclude(entry, ok, story)
     return m
 
 

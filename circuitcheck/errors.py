@@ -9,6 +9,9 @@ Every error names the problem and the fix, with the user's own input in it::
     ├── CircuitError                  a circuit that does not fit the model or the task
     └── ClaimFileError                a malformed YAML claim (file, line and key in the message)
 
+``CircuitCheckWarning`` (a ``UserWarning``) flags a measurement worth a second look (e.g. a
+faithfulness the primary metric calls high while top-1 accuracy collapses).
+
 A claim that is *measured* and does not hold is not an error: it is an ``AssertionError``
 raised by the ``assert_*`` helpers, so pytest reports it as a failed test.
 """
@@ -40,6 +43,10 @@ class CircuitError(CircuitCheckError, ValueError):
 
 class ClaimFileError(CircuitCheckError, ValueError):
     """A declarative claim file that cannot be read."""
+
+
+class CircuitCheckWarning(UserWarning):
+    """A measurement that holds up numerically but deserves a second look."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -480,6 +480,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             ci = "" if lo is None else f" CI [{lo:.3f}, {hi:.3f}]"
             tr.write_line(f"{r['verdict'].upper():>12}  {r['claim']}: {r['kind']} {value}{ci} "
                           f"{_condition(r)}")
+            if r.get("warning"):
+                tr.write_line(f"{'WARNING':>12}  {str(r['warning'])[:300]}")
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     if hasattr(config, "workerinput"):
         return  # xdist workers: the controller writes the one merged report

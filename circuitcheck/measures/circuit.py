@@ -8,9 +8,11 @@ Definitions (F = mean metric over the task's prompts; C = the circuit; M = the f
   so 0 is the baseline and 1 the full model.
 - necessity = F(M \\ C) / F(M) (same normalisations): performance with the circuit ablated
   and everything else kept. Low values mean the circuit is necessary.
-- minimality of v ∈ C = |F(C \\ K) - F(C \\ (K ∪ {v}))| / |F(M) - b| for a set K (default ∅).
+- minimality of v ∈ C = |F(C \\ K) - F(C \\ (K ∪ {v}))| / |F(M)| for a set K (default ∅).
 
-All variants a claim needs run together in batched forward passes.
+All variants a claim needs run together in batched forward passes. A faithfulness of a circuit
+that keeps everything (or a necessity of one that removes nothing) ablates nothing, so it is 1
+by construction: it is reported as not measurable, never as a held claim.
 """
 from __future__ import annotations
 
@@ -80,12 +82,18 @@ def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, m
                   _settings.seed() if seed is None else seed, confidence, batch_size, ref)
 
 
+#: Metrics shown beside a faithfulness's primary metric (those the task can feed).
+SECONDARY = ("top1", "prob")
+
+
 def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
-                 *, with_baselines: bool = False) -> Any:
+                 *, with_baselines: bool = False, secondary: Sequence[str] = ()) -> Any:
     """Metric per (variant, prompt) for the given circuit variants: [V, N].
 
     With ``with_baselines`` the full model and the all-ablated model ride along in the same
-    batched passes, and ``(rows, baselines)`` is returned (see ``_baselines``).
+    batched passes, and ``(rows, baselines)`` is returned (see ``_baselines``). ``secondary``
+    metrics (other than the primary) are read from the same passes and a third item,
+    ``{name: [V + 2, N]}``, is returned.
     """
     circuits, ablate = list(circuits), list(ablate)
     if with_baselines:
@@ -93,13 +101,19 @@ def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
         circuits += [Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}),
                      Circuit({"none": []})]
         ablate += [False, False]
+    extra = [get_metric(n, has_wrong=s.enc.wrong is not None) for n in secondary
+             if n != s.metric.name]
+    reads = s.metric.reads or None
+    if reads is not None and extra:
+        reads = tuple(dict.fromkeys([*reads, *(r for m in extra for r in m.reads)]))
     variants = Variants.from_circuits(s.model, circuits, ablate)
-    rows = s.metric(run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
-                                 ref_logprobs=s.ref_logprobs,
-                                 reads=s.metric.reads or None))
+    readout = run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
+                           ref_logprobs=s.ref_logprobs, reads=reads)
+    rows = s.metric(readout)
     if not with_baselines:
         return rows
-    return rows[:-2], _baselines(s, rows[-2], rows[-1])
+    out = rows[:-2], _baselines(s, rows[-2], rows[-1])
+    return out + ({m.name: m(readout) for m in extra},) if secondary else out
 
 
 def _baselines(s: _Setup, full: np.ndarray, ablated: np.ndarray) -> dict[str, np.ndarray]:
@@ -145,6 +159,9 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
                    f"{full.mean():.3g} against {b:.3g} for {ref} (difference CI "
                    f"[{den_lo:.3g}, {den_hi:.3g}] includes 0), so a ratio to it would divide by "
                    "noise; check the task, answers and model")
+    elif kind in ("faithfulness", "necessity") and circuit is not None and \
+            ablates_nothing(s.model, circuit, kind == "necessity"):
+        problem = _nothing_ablated(kind, kind == "necessity")
     elif den < 0:
         problem = (f"the full model's {s.metric.name} ({full.mean():.3g}) is below {ref} "
                    f"({b:.3g}), so the ratio's direction is reversed; for logprob use "
@@ -156,22 +173,91 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     per_prompt = (numer - b) / den if den else np.full(n, np.nan)
     if problem:
         value = float("nan")
+    label = (f"{s.metric.name} / the full model's mean" if s.normalize == "ratio" else
+             f"normalised {s.metric.name} (0 = {s.normalize}, 1 = full model)")
     return Measurement(
         kind=kind, value=value, ci=ci, per_prompt=per_prompt, metric=s.metric.name,
         metric_description=s.metric.describe, ablation=s.values.describe(),
         baselines={k: float(v.mean()) for k, v in base.items()}, confidence=s.confidence,
         seed=s.seed, circuit=circuit, model=getattr(s.model, "cc_name", ""), task=s.task.name,
-        problem=problem, details={"normalize": s.normalize, **(extra or {})},
+        problem=problem, details={"normalize": s.normalize, "per_prompt_label": label,
+                                  **(extra or {})},
     )
+
+
+def ablates_nothing(model: Any, circuit: Circuit, ablate: bool) -> bool:
+    """Whether keeping only ``circuit`` (``ablate=False``) or removing it (``True``) leaves
+    every head and MLP of ``model`` as it is: then the ratio is 1 by construction."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if ablate:
+        return not circuit.heads and not circuit.mlps
+    everywhere = {h for h, p in circuit.placements() if p is None}
+    mlps_kept = circuit.mlps is None or set(range(L)) <= set(circuit.mlps)
+    return len(everywhere) == L * H and mlps_kept
+
+
+def _nothing_ablated(kind: str, ablate: bool) -> str:
+    what, fix = (("removes no head and no MLP", "name the heads whose removal is claimed")
+                 if ablate else ("keeps every head at every position (and every MLP)",
+                                 "claim a circuit smaller than the model"))
+    return (f"the circuit {what}, so nothing is ablated and the {kind} is 1 by construction: "
+            f"nothing is measured; {fix} (the full model's own metric is in the baselines)")
+
+
+def trivial_warning(value: float, metric: str, top1: Mapping[str, float] | None,
+                    n_heads: int, total: int) -> str | None:
+    """The warning for a faithfulness the primary metric calls high while top-1 collapses.
+
+    Rule: warn when the faithfulness is >= 0.5, top-1 accuracy can tell (the full model's is
+    at least 0.2 above the all-ablated model's), and top-1 with the circuit kept recovers less
+    than half the share the primary metric claims, (top1(C) - top1(∅)) / (top1(M) - top1(∅))
+    < faithfulness / 2. On a 30-layer model one head with all MLPs kept scored 0.83 of the
+    logit difference with top-1 0: the primary number is carried by what stays outside the
+    heads (MLPs, mean activations), not by the circuit. A warning, not a verdict.
+    """
+    if top1 is None or not np.isfinite(value) or value < 0.5:
+        return None
+    c, f, a = top1["circuit"], top1["full"], top1["ablated"]
+    if not f - a >= 0.2:
+        return None
+    share = (c - a) / (f - a)
+    if share >= value / 2:
+        return None
+    return (f"possibly trivial: the circuit ({n_heads} of {total} heads) keeps {value:.2f} of "
+            f"the {metric} but top-1 accuracy with it kept is {c:.2f} (full model {f:.2f}, all "
+            f"ablated {a:.2f}: {share:.2f} of the way); what is kept outside the heads may carry "
+            "the primary metric - compare smaller circuits and the secondary metrics")
 
 
 def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Circuit,
                    *args: Any) -> Measurement:
     """The circuit kept alone (``ablate=False``) or removed alone, relative to the full model;
-    the full and all-ablated baselines ride along in the same batched passes."""
+    the full and all-ablated baselines ride along in the same batched passes. A faithfulness
+    also reads the ``SECONDARY`` metrics (circuit, full model, all ablated) from those passes
+    and carries ``trivial_warning``'s warning, if any, in ``details``."""
     s = _setup(model, task, [circuit], *args)
-    rows, base = _metric_rows(s, [circuit], [ablate], with_baselines=True)
-    return _ratio_measurement(s, kind, rows[0], base, circuit)
+    names = SECONDARY if kind == "faithfulness" else ()
+    names = tuple(n for n in names if n != s.metric.name)
+    got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
+    rows, base = got[:2]
+    extra: dict[str, Any] = {}
+    if names:
+        extra["secondary"] = {n: {"circuit": float(r[0].mean()), "full": float(r[1].mean()),
+                                  "ablated": float(r[2].mean())} for n, r in got[2].items()}
+    m = _ratio_measurement(s, kind, rows[0], base, circuit, extra)
+    if names and m.problem is None:
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        warn = trivial_warning(m.value, s.metric.name, extra["secondary"].get("top1"),
+                               len(circuit.heads), L * H)
+        if warn:
+            m.details["warning"] = warn
+            import warnings
+
+            from ..errors import CircuitCheckWarning
+
+            warnings.warn(CircuitCheckWarning(f"faithfulness of {circuit.name!r}: {warn}"),
+                          stacklevel=3)
+    return m
 
 
 def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",

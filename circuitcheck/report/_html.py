@@ -183,6 +183,11 @@ def _details(r: dict[str, Any]) -> str:
     if m.get("baselines"):
         rows.append(("baselines", _e("   ".join(f"{k} {fmt(v)}"
                                                 for k, v in m["baselines"].items()))))
+    for name, v in (m.get("secondary") or {}).items():
+        if isinstance(v, dict):
+            rows.append((f"secondary: {_e(name)}", _e(
+                f"circuit {fmt(v.get('circuit'))}   full model {fmt(v.get('full'))}   "
+                f"all ablated {fmt(v.get('ablated'))}")))
     b = r.get("baseline")
     if isinstance(b, dict):
         rows.append(("baseline run", _e(b.get("message") or
@@ -211,7 +216,7 @@ def _figures(r: dict[str, Any]) -> str:
         figs.append(_svg.histogram(
             m["per_prompt"],
             title=f"per-prompt {m.get('kind', 'value')} (n={len(m['per_prompt'])})",
-            xlabel=str(m.get("metric") or "value"), band=(lo, hi),
+            xlabel=str(m.get("per_prompt_label") or m.get("metric") or "value"), band=(lo, hi),
             marks={"mean": m.get("value"), "threshold": r.get("threshold")}))
     for title, h in (m.get("heatmaps") or {}).items():
         own = h.get("outline")
@@ -263,6 +268,9 @@ def _section(k: int, claims: list[dict[str, Any]], idx: list[int]) -> str:
         if len(idx) > 1:
             out.append(f"<h3>{_e(variant_label(r))}</h3>")
         out.append(f"<pre class='story {cls}'>{_e(story(r))}</pre>")
+        warning = r.get("warning") or r["measurement"].get("warning")
+        if warning and str(warning) not in story(r):
+            out.append(f"<p class='story problem'>WARNING: {_e(warning)}</p>")
         problem = r["measurement"].get("problem")
         if problem and str(problem) not in story(r):
             out.append(f"<p class='story problem'>problem: {_e(problem)}</p>")
