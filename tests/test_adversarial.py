@@ -385,3 +385,58 @@ def test_repeated_claims_and_old_schemas_do_not_cross_compare(tmp_path):
         p.write_text(json.dumps({"schema_version": version, "claims": []}))
         with pytest.raises(BaselineError, match="schema_version"):
             load_baseline(p)
+
+
+# --- trivial circuits: nothing ablated is not measured; secondary metrics; the warning --------
+
+import circuitcheck as cc  # noqa: E402
+from circuitcheck import _claims  # noqa: E402
+from circuitcheck.errors import CircuitCheckWarning  # noqa: E402
+from circuitcheck.measures.circuit import trivial_warning  # noqa: E402
+
+def test_faithfulness_reads_secondary_metrics_and_warns_on_a_trivial_circuit(tiny):
+    import warnings
+
+    from tests.conftest import own_task
+
+    task = own_task(tiny, n=24)
+    one = cc.Circuit({"one": ["1.1"]}, name="one")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = cc.faithfulness(tiny, task, one, ablation="zero")
+    sec = m.details["secondary"]
+    assert set(sec) == {"top1", "prob"}
+    for name in ("top1", "prob"):  # the same passes give what a separate run of that metric gives
+        alone = cc.faithfulness(tiny, task, one, ablation="zero", metric=name)
+        assert sec[name]["full"] == pytest.approx(alone.baselines["full"], abs=1e-6)
+        assert sec[name]["ablated"] == pytest.approx(alone.baselines["ablated"], abs=1e-6)
+    warned = [w for w in caught if issubclass(w.category, CircuitCheckWarning)]
+    expected = trivial_warning(m.value, m.metric, sec["top1"], 1,
+                                                   tiny.cfg.n_layers * tiny.cfg.n_heads)
+    assert (m.details.get("warning") is not None) == (expected is not None) == bool(warned)
+
+
+def test_trivial_warning_rule():
+    # high primary, top-1 at the all-ablated level: warned
+    assert "possibly trivial" in trivial_warning(0.83, "logit_diff",
+                                                 {"circuit": 0.0, "full": 0.9, "ablated": 0.0}, 1, 270)
+    # top-1 recovers with the primary: no warning; low primary or uninformative top-1: none
+    assert trivial_warning(0.83, "logit_diff", {"circuit": 0.7, "full": 0.9, "ablated": 0.0}, 1, 270) is None
+    assert trivial_warning(0.3, "logit_diff", {"circuit": 0.0, "full": 0.9, "ablated": 0.0}, 1, 270) is None
+    assert trivial_warning(0.9, "logit_diff", {"circuit": 0.0, "full": 0.1, "ablated": 0.0}, 1, 270) is None
+
+
+def test_circuit_that_ablates_nothing_is_not_measurable(tiny):
+    from tests.conftest import own_task
+
+    task = own_task(tiny, n=8)
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    every = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}, name="every")
+    with _claims.private(), pytest.raises(AssertionError, match="NOT MEASURABLE|not measurable"):
+        cc.assert_faithful(tiny, task, every, at_least=0.9, ablation="mean", name="every")
+    with _claims.private(), pytest.raises(AssertionError, match="NOT MEASURABLE|not measurable"):
+        cc.assert_necessary(tiny, task, cc.Circuit({"none": []}), at_most=1.5, ablation="mean")
+    # one head at one position is ablated elsewhere: measured
+    placed = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]},
+                        positions={"all": "end"})
+    assert cc.faithfulness(tiny, task, placed, ablation="mean").problem is None

@@ -56,8 +56,13 @@ def test_true_claim_passes_false_claim_tells_the_story(tiny):
     task = own_task(tiny, n=16)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
     everything = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}, name="all")
-    m = cc.assert_faithful(tiny, task, everything, at_least=0.99, ablation="mean")
-    assert m.value == pytest.approx(1.0)
+    # keeping every head ablates nothing: 1 by construction, so not measured (never "held")
+    trivial = cc.faithfulness(tiny, task, everything, ablation="mean")
+    assert trivial.problem and "nothing is ablated" in trivial.problem
+    most = cc.Circuit({"most": [(l, h) for l in range(L) for h in range(H) if (l, h) != (0, 0)]},
+                      name="most")
+    m = cc.assert_faithful(tiny, task, most, at_least=0.6, ablation="mean")
+    assert 0.6 < m.ci[0] < m.value < m.ci[1]  # measured: an interval, not a point at 1
     small = cc.Circuit({"movers": ["1.0", "1.3"], "prev": ["0.2"]}, positions={"movers": "end"},
                        name="tiny-circuit")
     measured = cc.faithfulness(tiny, task, small, ablation="mean")
@@ -93,9 +98,15 @@ import pytest, circuitcheck as cc
 TASK = cc.Task(prompts=["t1 t2 t3"] * 4 + ["t4 t5"] * 4, answers=[{a}] * 4 + [{b}] * 4,
                wrong_answers=[{wa}] * 4 + [{wb}] * 4, name="toy")
 ALL = cc.Circuit({{"all": [(l, h) for l in range(2) for h in range(4)]}}, name="all-heads")
+MOST = cc.Circuit({{"most": [(l, h) for l in range(2) for h in range(4) if (l, h) != (0, 0)]}},
+                  name="most-heads")
 
 @pytest.mark.circuitcheck_model({model!r})
 def test_holds(cc_model):
+    cc.assert_faithful(cc_model, TASK, MOST, at_least=0.1, ablation="zero", name="most")
+
+@pytest.mark.circuitcheck_model({model!r})
+def test_trivial(cc_model):
     cc.assert_faithful(cc_model, TASK, ALL, at_least=0.95, ablation="zero", name="everything")
 
 @pytest.mark.circuitcheck_model({model!r})
@@ -123,20 +134,22 @@ def test_plugin_end_to_end(pytester, model_dirs, tiny, monkeypatch):
                                                        wa=low[0], wb=low[1]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-seed=3",
                                 f"--cc-report={pytester.path / 'reports'}", "-rs")
-    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
     result.stdout.fnmatch_lines([
         "*claim 'one-head-is-50x' FAILED: faithfulness * < required 50.00*",
         "*reproduce  pytest test_claims.py::test_fails --cc-seed=3*",
-        "*HELD  everything: faithfulness 1.000 CI ?1.000, 1.000? >= 0.95*",
+        "*HELD  most: faithfulness *",
+        "*UNMEASURABLE  everything: faithfulness n/a*",
         "*FAILED  one-head-is-50x*",
-        "claims: 1 failed, 1 held",
+        "claims: 1 failed, 1 held, 1 unmeasurable",
         "circuitcheck report: *index.html",
         "*someone/not-cached-anywhere*not available here*",
     ])
     doc = json.loads((pytester.path / "reports" / "results.json").read_text())
-    assert doc["schema_version"] == 1 and doc["summary"] == {"held": 1, "failed": 1}
+    assert doc["schema_version"] == 1 and doc["summary"] == {"held": 1, "failed": 1, "unmeasurable": 1}
     assert {c["nodeid"] for c in doc["claims"]} == {"test_claims.py::test_holds",
-                                                   "test_claims.py::test_fails"}
+                                                   "test_claims.py::test_fails",
+                                                   "test_claims.py::test_trivial"}
     assert "one-head-is-50x" in (pytester.path / "reports" / "index.html").read_text()
 
 

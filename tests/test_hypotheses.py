@@ -100,9 +100,9 @@ def test_robust_claim_and_its_verdict_grid_in_the_report(tiny, tmp_path):
 
     task = own_task(tiny, n=8)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
-    everything = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]})
+    most = cc.Circuit({"most": [(l, h) for l in range(L) for h in range(H) if (l, h) != (0, 0)]})
     _claims.take()
-    sw = cc.assert_robust(tiny, task, everything, at_least=0.99, ablation=["zero", "mean"],
+    sw = cc.assert_robust(tiny, task, most, at_least=0.1, ablation=["zero", "mean"],
                           metric=["prob", "top1"], name="all-heads-robust")
     assert set(sw.grid().verdict) == {"held"}
     with _claims.private() as failed, pytest.raises(
