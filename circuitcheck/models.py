@@ -285,6 +285,15 @@ def _tolerance(dtype: "torch.dtype") -> float:
     return 1e-3 if dtype in (torch.float32, torch.float64) else 1e-1
 
 
+def rounding_tolerance(dtype: "torch.dtype") -> float:
+    """The relative error an exactness check allows for values computed in ``dtype``:
+    1e-3 in float32/64, eight units of the last place in half precision (fp16 7.8e-3,
+    bf16 6.3e-2): a forward pass in half precision rounds every matmul and norm."""
+    import torch
+
+    return max(1e-3, 8 * float(torch.finfo(dtype).eps)) if dtype.is_floating_point else 1e-3
+
+
 def clear_cache() -> None:
     """Forget every loaded model (frees memory; the next ``load_model`` loads again)."""
     _CACHE.clear()

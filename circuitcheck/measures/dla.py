@@ -11,6 +11,7 @@ import numpy as np
 from ..circuit import parse_head
 from ..errors import CircuitCheckError
 from ..interventions.patching import cache_run
+from ..models import rounding_tolerance
 from ..tasks import Task
 from ._measurement import Measurement
 from ._result import ResultProtocol, head_table, jsonable, nan_like
@@ -119,7 +120,7 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     dev = acts["ln_final.hook_scale"].device
     end = (enc.lengths - 1).to(dev)
     at_end = {n: a[torch.arange(N, device=dev), end].double() for n, a in acts.items()}
-    w, b = _final_norm_affine(model, at_end)
+    w, b = _final_norm_affine(model, at_end, rounding_tolerance(acts["ln_final.hook_out"].dtype))
     W_U = model.W_U.detach().double()
     b_U = _b_U(model)
     direction = (W_U[:, enc.answers.to(dev)] - W_U[:, enc.wrong.to(dev)]).T * w  # [N, d]
@@ -148,11 +149,12 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     total = per_head.sum((0, 1)) + sum(components.values())
     out = DirectLogitAttribution(per_head.mean(-1), per_head, components, ld, total)
     if check:
-        tol = 1e-3 * max(1.0, float(np.abs(ld).max()))
+        rel = rounding_tolerance(acts["ln_final.hook_in"].dtype)
+        tol = rel * max(1.0, float(np.abs(ld).max()))
         resid = at_end["ln_final.hook_in"] - at_end["blocks.0.hook_resid_pre"] - sum(
             at_end[f"blocks.{l}.hook_attn_out"] + at_end[f"blocks.{l}.hook_mlp_out"]
             for l in range(L))
-        if out.max_error > tol or float(resid.abs().max()) > 1e-3 * float(
+        if out.max_error > tol or float(resid.abs().max()) > rel * float(
                 at_end["ln_final.hook_in"].abs().max()):
             raise CircuitCheckError(
                 f"direct logit attribution does not add up on this model: the components sum "
@@ -162,7 +164,7 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     return out
 
 
-def _final_norm_affine(model: Any, at_end: dict[str, "torch.Tensor"]
+def _final_norm_affine(model: Any, at_end: dict[str, "torch.Tensor"], rel: float
                        ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """The final norm's weight and bias, checked against the cached run (out = x̂·w + b)."""
     import torch
@@ -175,7 +177,7 @@ def _final_norm_affine(model: Any, at_end: dict[str, "torch.Tensor"]
         w.detach().to(normed.device, normed.dtype)
     b = torch.zeros(d, dtype=normed.dtype, device=normed.device) if b is None else \
         b.detach().to(normed.device, normed.dtype)
-    if not torch.allclose(normed * w + b, out, atol=1e-3 * float(out.abs().max()) + 1e-6):
+    if not torch.allclose(normed * w + b, out, atol=rel * float(out.abs().max()) + 1e-6):
         raise CircuitCheckError(
             "the final norm is not x̂·w + b on this model (ln_final.hook_out differs), so direct "
             "logit attribution through ln_final.hook_scale would be wrong; use activation "
