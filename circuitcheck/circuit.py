@@ -9,16 +9,14 @@ means those MLP layers belong to the circuit and every other MLP layer is ablate
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CircuitError, did_you_mean
+from .errors import _HEAD_RE, CircuitError, _short, did_you_mean
 
 Head = tuple[int, int]
-_HEAD_RE = re.compile(r"^\s*(?:L?(\d+)\s*[.H:]\s*(\d+))\s*$", re.IGNORECASE)
 _KEYS = ("name", "groups", "positions", "mlps")
 
 
@@ -35,12 +33,6 @@ def parse_head(value: Any) -> Head:
     raise CircuitError(
         f"cannot read {_short(value)} as a head; write a head as [layer, head], '9.9' or 'L9H9'"
     )
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a YAML alias can make it huge)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def format_head(head: Head) -> str:
@@ -176,6 +168,29 @@ class Circuit:
         if "groups" not in data:
             raise CircuitError("a circuit needs 'groups': {group name: [[layer, head], ...]}")
         return cls(data["groups"], data.get("positions"), data.get("mlps"), data.get("name", "circuit"))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Any:
+        """A circuit from a file: an EAP-IG graph JSON (its edges with ``in_graph`` true, as an
+        ``EdgeCircuit``) or the project's YAML (a node circuit, or an edge circuit ``edges:``)."""
+        import yaml
+
+        from .edge_circuit import EdgeCircuit, read_graph_json
+
+        path = Path(path)
+        if not path.exists():
+            raise CircuitError(f"{path}: no such file")
+        if path.suffix == ".json":
+            return read_graph_json(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise CircuitError(f"{path}: not valid YAML: {exc}") from None
+        if isinstance(data, Mapping) and "circuit" in data and not {"groups", "edges"} & set(data):
+            data = data["circuit"]
+        if isinstance(data, Mapping) and ("edges" in data or "file" in data):
+            return EdgeCircuit.from_dict(data, source=str(path))
+        return cls.from_yaml(path)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """The circuit as YAML text; also written to ``path`` when given."""

@@ -18,7 +18,18 @@ raised by the ``assert_*`` helpers, so pytest reports it as a failed test.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+from typing import Any
+
+#: A head written as ``9.9``, ``L9H9`` or ``9:9`` (shared by node and edge circuits).
+_HEAD_RE = re.compile(r"^\s*(?:L?(\d+)\s*[.H:]\s*(\d+))\s*$", re.IGNORECASE)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a YAML alias can make it huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 class CircuitCheckError(Exception):
