@@ -16,6 +16,7 @@ by construction: it is reported as not measurable, never as a held claim.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
-from ..errors import CircuitCheckError
+from ..errors import CircuitCheckError, CircuitCheckWarning
 from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
 from ..stats import bootstrap_ci
 from ..tasks import Task
@@ -92,7 +93,7 @@ def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
 
     With ``with_baselines`` the full model and the all-ablated model ride along in the same
     batched passes, and ``(rows, baselines)`` is returned (see ``_baselines``). ``secondary``
-    metrics (other than the primary) are read from the same passes and a third item,
+    metrics (names other than the primary's) are read from the same passes and a third item,
     ``{name: [V + 2, N]}``, is returned.
     """
     circuits, ablate = list(circuits), list(ablate)
@@ -101,8 +102,7 @@ def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
         circuits += [Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}),
                      Circuit({"none": []})]
         ablate += [False, False]
-    extra = [get_metric(n, has_wrong=s.enc.wrong is not None) for n in secondary
-             if n != s.metric.name]
+    extra = [get_metric(n, has_wrong=s.enc.wrong is not None) for n in secondary]
     reads = s.metric.reads or None
     if reads is not None and extra:
         reads = tuple(dict.fromkeys([*reads, *(r for m in extra for r in m.reads)]))
@@ -236,8 +236,7 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
     also reads the ``SECONDARY`` metrics (circuit, full model, all ablated) from those passes
     and carries ``trivial_warning``'s warning, if any, in ``details``."""
     s = _setup(model, task, [circuit], *args)
-    names = SECONDARY if kind == "faithfulness" else ()
-    names = tuple(n for n in names if n != s.metric.name)
+    names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
     got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
     rows, base = got[:2]
     extra: dict[str, Any] = {}
@@ -251,10 +250,6 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
                                len(circuit.heads), L * H)
         if warn:
             m.details["warning"] = warn
-            import warnings
-
-            from ..errors import CircuitCheckWarning
-
             warnings.warn(CircuitCheckWarning(f"faithfulness of {circuit.name!r}: {warn}"),
                           stacklevel=3)
     return m
