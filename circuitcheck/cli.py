@@ -58,7 +58,8 @@ def _discover(ns: argparse.Namespace) -> int:
         spec = validate_task_spec(Path(ns.out), spec, "--task")
         doc = discover(ns.model, spec, ns.out, trials=ns.trials, top=ns.top,
                        percentile=ns.percentile, ablation=ns.ablation, metric=ns.metric,
-                       margin=ns.margin, seed=ns.seed, device=ns.device)
+                       margin=ns.margin, seed=ns.seed, device=ns.device,
+                       overwrite=ns.force)
     except CircuitCheckError as exc:
         print(f"circuitcheck discover: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task builder argument (repeatable), e.g. --arg n=64 --arg seq_len=12")
     c.add_argument("--out", required=True, help="claim file to write, e.g. circuits/x.yaml")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.add_argument("--trials", type=int, default=2048, help="trials per regime (default 2048)")
     c.add_argument("--top", type=int, default=None, help="keep the top K heads by importance")
     c.add_argument("--percentile", type=float, default=90.0,

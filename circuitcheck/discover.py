@@ -14,9 +14,25 @@ from .circuit import Circuit, format_head
 def discover(model_name: str, task_spec: dict[str, Any], out: str | Path, *,
              trials: int = 2048, top: int | None = None, percentile: float = 90.0,
              ablation: str = "mean", metric: str = "top1", margin: float = 0.05,
-             seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Find the heads that matter and write a claim file; returns what was written."""
+             seed: int = 0, device: str = "auto", progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Find the heads that matter and write a claim file; returns what was written.
+
+    An existing ``out`` is refused before any model runs unless ``overwrite``; the file is
+    written atomically (a full disk or an interrupt leaves the old file, never half a file).
+    """
     import yaml
+
+    from .errors import CircuitCheckError
+    from .report._write import atomic_write
+
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise CircuitCheckError(
+            f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+    if path.is_dir():
+        raise CircuitCheckError(f"{str(out)!r} is a directory; --out names the claim file to "
+                                "write, e.g. circuits/x.yaml")
 
     from .claimfile import build_task
     from .measures import faithfulness, necessity, stochastic_ablation
@@ -50,9 +66,8 @@ def discover(model_name: str, task_spec: dict[str, Any], out: str | Path, *,
         "circuit": {"name": "discovered", "groups": {"discovered": heads_txt}},
         "claims": [{"name": name, "expect": expect}],
     }
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+    atomic_write(path, yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
     return doc
 
 

@@ -132,6 +132,17 @@ def _in_hf_cache(repo_id: str) -> bool:
     return isinstance(hit, str)
 
 
+def _weights_read_error(exc: BaseException) -> bool:
+    """A safetensors/pickle/zip failure while reading weights (not a bug elsewhere)."""
+    import pickle
+    import zipfile
+
+    return (type(exc).__name__ == "SafetensorError"
+            or isinstance(exc, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile))
+            or (isinstance(exc, RuntimeError) and any(
+                k in str(exc) for k in ("PytorchStreamReader", "unexpected EOF", "zip archive"))))
+
+
 def _not_found_message(name: str) -> str:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (
@@ -198,6 +209,15 @@ def load_model(
             message = _not_found_message(str(name_or_dir)) + f" [{type(exc).__name__}: {exc}]"
             _UNAVAILABLE[(str(name_or_dir), revision)] = message
             raise ModelUnavailableError(message) from None
+        except Exception as exc:
+            if not (Path(source).exists() and _weights_read_error(exc)):
+                raise
+            raise ModelNotFoundError(
+                f"model {source!r}: its weights could not be read "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else '-'}); a "
+                "weights file is truncated or corrupt (an interrupted download or copy?): "
+                "save or download the model again"
+            ) from None
 
     bridge = boot()
     bridge.eval()

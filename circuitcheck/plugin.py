@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from . import _claims, _settings
+from ._claimpaths import named_on_command_line, stray_claim_files
 
 PROPERTY = "circuitcheck"
 _PREVIOUS_SEED = pytest.StashKey[int]()
@@ -289,7 +290,10 @@ def cc_model(request: pytest.FixtureRequest) -> Any:
 
 
 def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix in (".yaml", ".yml") and "circuits" in file_path.parts[:-1]:
+    """YAML files under a directory named ``circuits/`` are claim files, and so is any YAML
+    file named on the command line (naming it says it is one)."""
+    if file_path.suffix in (".yaml", ".yml") and (
+            "circuits" in file_path.parts[:-1] or named_on_command_line(file_path, parent.config)):
         return ClaimFileCollector.from_parent(parent, path=file_path)
     return None
 
@@ -464,6 +468,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     collector: _Collector = config.pluginmanager.get_plugin("circuitcheck-collector")
     results = collector.results
     tr = terminalreporter
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and not hasattr(config, "workerinput"):
+        stray = stray_claim_files(config)
+        if stray:
+            tr.write_line(f"circuitcheck: no tests ran, but {', '.join(stray)} look like claim "
+                          "files: YAML claims are collected from directories named circuits/; "
+                          "move them into one or name the file on the command line")
     if results:
         counts: dict[str, int] = {}
         for r in results:
@@ -533,6 +543,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             return
         paths = write_report(report_dir, results, started=collector.started, meta=meta,
                              skipped=collector.skipped)
+        if "previous" in paths:
+            kept = paths["previous_claims"]
+            tr.write_line(f"circuitcheck: {report_dir} held another run's report with "
+                          f"{len(kept)} claim(s) not in this run ({', '.join(kept[:3])}"
+                          f"{' ...' if len(kept) > 3 else ''}); it is kept in {paths['previous']}")
         tr.write_line(f"circuitcheck report: {paths['html']}")
 
 

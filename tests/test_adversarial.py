@@ -440,3 +440,77 @@ def test_circuit_that_ablates_nothing_is_not_measurable(tiny):
     placed = cc.Circuit({"all": [(l, h) for l in range(L) for h in range(H)]},
                         positions={"all": "end"})
     assert cc.faithfulness(tiny, task, placed, ablation="mean").problem is None
+
+
+# --- bad task values, a cut weights file, discover/report outputs, stray claim files ---------
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("answers", 3.7, "answers[0] = 3.7 is not an answer token"),
+    ("answers", None, "answers[0] = None is not an answer token"),
+    ("answers", True, "answers[0] = True is not an answer token"),
+    ("wrong_answers", None, "wrong_answers[0] = None is not an answer token"),
+    ("groups", ["t"], "groups[0] = ['t'] cannot be a template label"),
+    ("groups", {"t": 1}, "is not hashable"),
+    ("good_tokens", " 1", "good_tokens[0] = ' 1' must be a list of tokens"),
+], ids=["answer-float", "answer-none", "answer-bool", "wrong-none", "groups-list", "groups-dict",
+        "good-tokens-text"])
+def test_bad_task_values_are_clear_errors(planted, field, value, needle):
+    import numpy as np
+
+    import circuitcheck as cc
+    from circuitcheck.errors import TaskError
+
+    _, task, _ = planted
+    n = len(task.prompts)
+    with pytest.raises(TaskError) as err:
+        cc.Task(**{"prompts": task.prompts, "answers": task.answers, field: [value] * n})
+    assert needle in str(err.value)
+    # numpy ids (from a DataFrame) are token ids, not errors
+    assert cc.Task(prompts=task.prompts, answers=[np.int64(a) for a in task.answers])
+
+
+def test_a_cut_weights_file_says_so(tmp_path):
+    import circuitcheck as cc
+    from circuitcheck.errors import ModelNotFoundError
+
+    from .conftest import build_tiny
+
+    d = build_tiny("llama", tmp_path / "m")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ModelNotFoundError, match="weights could not be read .*truncated or corrupt"):
+        cc.load_model(d, device="cpu")
+
+
+def test_two_runs_into_one_report_directory_keep_both(pytester):
+    d = pytester.path / "circuits"
+    d.mkdir()
+    one = GOOD_FILE.split("  - name: out-of-range")[0]
+    (d / "a.yaml").write_text(one)
+    (d / "b.yaml").write_text(one.replace("good-one", "other-one"))
+    rep = pytester.path / "r"
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits/a.yaml", f"--cc-report={rep}")
+    first = (rep / "results.json").read_text()
+    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits/b.yaml",
+                                           f"--cc-report={rep}")
+    second.stdout.fnmatch_lines(["*held another run's report with 1 claim(s) not in this run "
+                                 "(a.yaml::good-one::good-one); it is kept in*previous*"])
+    kept = list((rep / "previous").glob("*/results.json"))
+    assert [p.read_text() for p in kept] == [first]
+    assert [c["claim"] for c in json.loads((rep / "results.json").read_text())["claims"]] == [
+        "other-one"]
+    # the same claims again: replaced in place, nothing new kept aside
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits/b.yaml", f"--cc-report={rep}")
+    assert len(list((rep / "previous").glob("*/results.json"))) == 1
+
+
+def test_claim_files_outside_circuits_are_named_or_hinted(pytester):
+    d = pytester.path / "claims"
+    d.mkdir()
+    (d / "mine.yaml").write_text(GOOD_FILE.split("  - name: out-of-range")[0])
+    hint = pytester.runpytest_subprocess("-p", "no:cacheprovider", "claims")
+    assert hint.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    hint.stdout.fnmatch_lines(["*no tests ran, but claims/mine.yaml look like claim files*"
+                               "directories named circuits/*"])
+    named = pytester.runpytest_subprocess("-p", "no:cacheprovider", "claims/mine.yaml")
+    named.assert_outcomes(passed=1)

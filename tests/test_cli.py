@@ -31,3 +31,15 @@ def test_discover_writes_a_claim_that_passes(pytester, monkeypatch):
     assert expect["faithfulness"]["at_least"] >= 0.9 and expect["necessity"]["at_most"] <= 0.1
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", str(out))
     result.assert_outcomes(passed=1)
+
+
+def test_discover_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "mine.yaml"
+    out.write_text("model: zoo:planted\nclaims: []\n")
+    args = ["discover", "--model", "zoo:planted", "--task", "induction", "--arg", "n=8",
+            "--arg", "seq_len=6", "--top", "1", "--trials", "64", "--out", str(out)]
+    assert main(args) == 2
+    assert "already exists; choose another --out or pass --force" in capsys.readouterr().err
+    assert out.read_text() == "model: zoo:planted\nclaims: []\n"
+    assert main(args + ["--force"]) == 0
+    assert "discovered" in out.read_text()

@@ -90,12 +90,47 @@ def write_report(directory: str | Path, results: list[dict[str, Any]], *,
     (optionally ``baseline``, see ``baseline.annotate``, and ``message``). ``meta``: run
     metadata shown at the bottom of the page (device, dtype, seed, model ids ...).
     ``skipped``: ``{"nodeid", "reason"}`` of tests skipped before measuring anything.
+
+    A report already in ``directory`` with claims this run does not have (another run's
+    files, say) is moved to ``previous/<its creation time>/`` first, so no run's claims are
+    lost; the returned ``previous`` (when present) says where, and which claims it kept.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     doc = build_document(results, started=started, meta=meta, skipped=skipped)
     json_text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
     html_text = render(doc)  # both rendered before either file is replaced
-    json_path = atomic_write(out / "results.json", json_text)
-    html_path = atomic_write(out / "index.html", html_text)
-    return {"json": json_path, "html": html_path}
+    paths: dict[str, Any] = {}
+    kept = _keep_previous(out, results)
+    if kept:
+        paths["previous"], paths["previous_claims"] = kept
+    paths["json"] = atomic_write(out / "results.json", json_text)
+    paths["html"] = atomic_write(out / "index.html", html_text)
+    return paths
+
+
+def _keep_previous(out: Path, results: list[dict[str, Any]]) -> tuple[Path, list[str]] | None:
+    """Move the report in ``out`` aside when it has claims ``results`` lacks; return where
+    and those claims' keys (None when this run covers all of it or there is none)."""
+    from .baseline import record_key
+
+    old_json = out / "results.json"
+    try:
+        old = json.loads(old_json.read_text(encoding="utf-8"))
+        old_keys = [record_key(r) for r in old["claims"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no report there, or not one of ours: nothing of a run to keep
+    missing = sorted(set(old_keys) - {record_key(r) for r in results})
+    if not missing:
+        return None
+    stamp = str(old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    target = out / "previous" / stamp.replace(":", "")
+    k = 1
+    while target.exists():
+        k += 1
+        target = out / "previous" / f"{stamp.replace(':', '')}-{k}"
+    target.mkdir(parents=True)
+    for name in ("results.json", "index.html"):
+        if (out / name).exists():
+            os.replace(out / name, target / name)
+    return target, missing

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import TaskError, did_you_mean
@@ -68,6 +69,24 @@ class Task:
                 raise TaskError(f"positions[{pos_name!r}] must be token indices (ints)")
             positions[pos_name] = idx
         object.__setattr__(self, "positions", positions)
+        for fld in ("answers", "wrong_answers"):
+            for i, a in enumerate(getattr(self, fld) or ()):
+                _check_answer_type(a, f"{fld}[{i}]")
+        for what in ("good_tokens", "bad_tokens"):
+            for i, toks in enumerate(getattr(self, what) or ()):
+                if isinstance(toks, (str, bytes)) or not hasattr(toks, "__iter__"):
+                    raise TaskError(f"{what}[{i}] = {toks!r} must be a list of tokens "
+                                    "(texts or ids), e.g. [' 17', ' 18']")
+                for t in toks:
+                    _check_answer_type(t, f"{what}[{i}]")
+        for i, g in enumerate(self.groups or ()):
+            try:
+                hash(g)
+            except TypeError:
+                raise TaskError(
+                    f"groups[{i}] = {g!r} cannot be a template label (a {type(g).__name__} is not "
+                    "hashable); label each prompt's template with a text or a number"
+                ) from None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -176,6 +195,22 @@ def _check_known(model: Any, text: str, ids: Sequence[int], what: str) -> None:
         )
 
 
+def _check_answer_type(answer: Any, what: str) -> None:
+    """An answer is a text, a token id or a one-id list; anything else says so up front."""
+    def token_id(t: Any) -> bool:
+        return isinstance(t, Integral) and not isinstance(t, bool)
+
+    if isinstance(answer, str) or token_id(answer):
+        return
+    if isinstance(answer, Sequence) and not isinstance(answer, (bytes, Mapping)) and all(
+            token_id(t) for t in answer):
+        return
+    raise TaskError(
+        f"{what} = {answer!r} is not an answer token; give the expected next token as text "
+        "(e.g. ' Mary'), as a token id (an int) or as a list with one token id"
+    )
+
+
 def _answer_id(model: Any, answer: Answer, i: int, what: str) -> int:
     if isinstance(answer, str):
         ids = model.to_tokens(answer, prepend_bos=False)[0].tolist()
@@ -188,8 +223,8 @@ def _answer_id(model: Any, answer: Answer, i: int, what: str) -> int:
             )
         _check_known(model, answer, ids, f"{what}[{i}]")
         return ids[0]
-    if isinstance(answer, int):
-        ids = [answer]
+    if isinstance(answer, Integral):
+        ids = [int(answer)]
     else:
         ids = [int(t) for t in answer]
         if len(ids) != 1:
