@@ -412,8 +412,11 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     k by ``by``, or those above ``percentile``) keep at least ``retained_at_least`` of the full
     model's metric when kept alone, and leave at most ``ablated_at_most`` when ablated.
 
-    Both fractions are relative to the full model (mean metric over the task's prompts);
-    keyword arguments go to ``cc.stochastic_ablation`` (ablation, metric, seed, ...).
+    Both fractions are relative to the full model (mean metric over the task's prompts), each
+    with a paired bootstrap interval over prompts (``faithfulness`` / ``necessity`` with
+    ``normalize="ratio"``): held when every given bound is met by the whole interval, failed
+    when an interval is wholly on the wrong side, inconclusive otherwise. Keyword arguments go
+    to ``cc.stochastic_ablation`` (ablation, metric, seed, ...).
     """
     __tracebackhide__ = True
 
@@ -421,47 +424,69 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
         raise ValueError("give exactly one of top= or percentile=")
     if retained_at_least is None and ablated_at_most is None:
         raise ValueError("give retained_at_least= and/or ablated_at_most=")
+    for bound, what in ((retained_at_least, "retained_at_least"),
+                        (ablated_at_most, "ablated_at_most")):
+        if bound is not None:
+            _check_threshold(bound, what)
     mc = stochastic_ablation(model, task, trials=trials, **kwargs)
     eff = mc._regime(by)
     heads = eff.ranking()[:top] if top else mc.select(percentile, by=by)
-    abl = {k: kwargs[k] for k in ("ablation", "metric", "reference") if k in kwargs}
-    sel = compare_selection(model, task, heads, **abl)
-    full = sel["full"]
-    retained = sel["retained_only"] / full if full else float("nan")
-    ablated = sel["ablated_only"] / full if full else float("nan")
-    problems = []
-    if retained_at_least is not None and not retained >= retained_at_least:
-        problems.append(f"kept alone they retain {retained:.2f} < {retained_at_least:.2f}")
-    if ablated_at_most is not None and not ablated <= ablated_at_most:
-        problems.append(f"ablated they leave {ablated:.2f} > {ablated_at_most:.2f}")
+    abl = {"ablation": kwargs.get("ablation", "mean"), "metric": kwargs.get("metric", "top1"),
+           "reference": kwargs.get("reference"), "seed": mc.seed, "normalize": "ratio"}
+    selected = Circuit({"selected": heads}, name="selected")
+    kept = faithfulness(model, task, selected, **abl)
+    removed = necessity(model, task, selected, **abl)
+    checks = []  # (what, measurement, op, bound, verdict)
+    if retained_at_least is not None:
+        checks.append(("kept alone they retain", kept, ">=", retained_at_least,
+                       verdict(kept, at_least=retained_at_least)))
+    if ablated_at_most is not None:
+        checks.append(("ablated they leave", removed, "<=", ablated_at_most,
+                       verdict(removed, at_most=ablated_at_most)))
+    found = {c[4] for c in checks}
+    v = next((x for x in (UNMEASURABLE, FAILED, INCONCLUSIVE) if x in found), HOLDS)
     label = ", ".join(format_head(h) for h in heads)
     how = f"top {top}" if top else f"above the {percentile:g}th percentile"
     claim = name or f"the {how} {by} heads carry the task"
+    full = kept.baselines["full"]
 
-    m = Measurement(kind="selection retained", value=retained, ci=(float("nan"),) * 2,
-                    per_prompt=np.array([]), metric=mc.metric, ablation=mc.ablation,
-                    baselines={"full": full, "retained_only": sel["retained_only"],
-                               "ablated_only": sel["ablated_only"]},
+    def interval(m: Measurement) -> str:
+        return f"{m.value:.2f} ({m.confidence:.0%} CI [{m.ci[0]:.2f}, {m.ci[1]:.2f}])"
+
+    first, primary = checks[0][1], checks[0]
+    m = Measurement(kind="selection retained" if primary[2] == ">=" else "selection ablated",
+                    value=first.value, ci=first.ci, per_prompt=first.per_prompt,
+                    metric=mc.metric, metric_description=first.metric_description,
+                    ablation=mc.ablation, confidence=first.confidence,
+                    baselines={"full": full, "retained": kept.value, "ablated": removed.value},
                     seed=mc.seed, model=getattr(model, "cc_name", ""), task=task.name,
-                    details={"heatmaps": {f"{by} effect": {
+                    problem=next((c[1].problem for c in checks if c[1].problem), None),
+                    details={"retained": {"value": kept.value, "ci": list(kept.ci)},
+                             "ablated": {"value": removed.value, "ci": list(removed.ci)},
+                             "heatmaps": {f"{by} effect": {
                         "data": eff.effect.tolist(), "label": f"{by}: {mc.metric} gained by keeping",
                         "outline": [list(h) for h in heads]}},
                         "bars": {"selected heads": {
                             "labels": ["full model", "only selected kept", "selected ablated"],
-                            "values": [full, sel["retained_only"], sel["ablated_only"]]}}})
-    ok = not problems
-    entry = {"claim": claim, "kind": "selection", "verdict": HOLDS if ok else FAILED,
-             "op": ">=", "threshold": retained_at_least, "heads": [list(h) for h in heads],
+                            "values": [full, kept.value * full, removed.value * full]}}})
+    ok = v == HOLDS
+    entry = {"claim": claim, "kind": "selection", "verdict": v,
+             "op": primary[2], "threshold": primary[3], "heads": [list(h) for h in heads],
              "measurement": m.to_dict(),
-             "message": f"selected {label} ({how} by {by}): retained {retained:.2f}, "
-                        f"ablated {ablated:.2f} of the full model"}
+             "message": f"selected {label} ({how} by {by}): retained {interval(kept)}, "
+                        f"ablated {interval(removed)} of the full model"}
 
     def story() -> str:
-        return (f"claim {claim!r} FAILED: " + "; ".join(problems) + "\n"
+        word = {UNMEASURABLE: "NOT MEASURABLE", FAILED: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}[v]
+        why = "; ".join(
+            (f"{what}: {c.problem}" if c.problem else
+             f"{what} {interval(c)}, {'required' if op == '>=' else 'allowed at most'} {bound:.2f}"
+             + (" (the interval straddles it: use more prompts)" if cv == INCONCLUSIVE else ""))
+            for what, c, op, bound, cv in checks if cv != HOLDS)
+        return (f"claim {claim!r} {word}: {why}\n"
                 f"  selected   {label} ({how} by {by}, {len(mc.raw[by]['metric'])} trials, "
                 f"{mc.ablation}, seed {mc.seed})\n"
-                f"  metric     full {full:.3f}   only selected kept {sel['retained_only']:.3f}   "
-                f"selected ablated {sel['ablated_only']:.3f}")
+                f"  metric     {first.metric_description}: full {full:.3f}   n={first.n} prompts")
 
     _conclude(entry, ok, story)
     return mc

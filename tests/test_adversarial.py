@@ -514,3 +514,41 @@ def test_claim_files_outside_circuits_are_named_or_hinted(pytester):
                                "directories named circuits/*"])
     named = pytester.runpytest_subprocess("-p", "no:cacheprovider", "claims/mine.yaml")
     named.assert_outcomes(passed=1)
+
+
+def test_all_successes_on_few_prompts_is_not_certainty(planted):
+    """64 top-1 successes in 64 prompts do not make a [1, 1] interval: a 0/1 metric's interval
+    covers the Wilson interval of its mean (here with the all-ablated baseline at its mean)."""
+    import numpy as np
+
+    from circuitcheck.stats import wilson_ci
+
+    model, _, circuit = planted
+    for n in (8, 64):
+        task = cc.tasks.induction(model, n=n, seq_len=12, seed=0)
+        m = cc.faithfulness(model, task, circuit, ablation="mean", metric="top1",
+                            normalize="ablated")
+        rows = m.per_prompt * (m.baselines["full"] - m.baselines["ablated"]) + m.baselines["ablated"]
+        assert m.value == pytest.approx(1.0) and set(np.round(rows, 6)) == {1.0}
+        (w_lo,), _ = wilson_ci(np.array([n]), np.array([n]), 0.95)
+        b, f = m.baselines["ablated"], m.baselines["full"]
+        assert m.ci[0] == pytest.approx((w_lo - b) / (f - b)) and m.ci[0] < m.ci[1]
+
+
+def test_selection_is_decided_by_intervals(planted):
+    """The selection claim holds only when its intervals clear the bounds: with 8 prompts it
+    cannot show 'retains >= 0.9' (inconclusive), with 64 it can."""
+    model, _, _ = planted
+    kw = dict(top=2, retained_at_least=0.9, ablated_at_most=0.1, trials=1024, ablation="mean",
+              metric="top1", seed=0)
+    small = cc.tasks.induction(model, n=8, seq_len=12, seed=0)
+    with _claims.private(), pytest.raises(AssertionError, match="INCONCLUSIVE: kept alone they "
+                                          r"retain 1.00 \(95% CI \[0.\d\d, 1.00\]\), required 0.90"):
+        cc.assert_selection(model, small, **kw)
+    big = cc.tasks.induction(model, n=64, seq_len=12, seed=0)
+    with _claims.private() as records:
+        cc.assert_selection(model, big, **kw)
+    record = records[-1]
+    assert record["verdict"] == "held"
+    lo, hi = record["measurement"]["ci"]
+    assert 0.9 <= lo < hi and record["measurement"]["details"]["ablated"]["ci"][1] <= 0.1

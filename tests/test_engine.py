@@ -216,3 +216,24 @@ def test_mlp_layers_in_the_circuit(tiny, task_for):
             out = tiny.run_with_hooks(ids, fwd_hooks=[("blocks.1.hook_mlp_out", manual)])[0, -1]
             vals.append((out[enc.answers[i]] - out[enc.wrong[i]]).item())
     assert with_mlp0.value == pytest.approx(np.mean(vals) / with_mlp0.baselines["full"], rel=1e-4)
+
+
+def test_minimality_interval_is_for_the_absolute_difference(tiny, task_for):
+    """The interval comes from the signed difference's bootstrap: it reaches 0 exactly when
+    that one holds 0 (a bootstrap of |d| never would), and it always holds the value."""
+    from circuitcheck.stats import bootstrap_ci
+
+    task = task_for(tiny)
+    circuit = cc.Circuit({"a": [(0, 0), (0, 3), (1, 1)]})
+    mini = cc.minimality(tiny, task, circuit, ablation="zero", metric="logit_diff", seed=3)
+    for head, m in mini.scores.items():
+        d = m.per_prompt  # signed, over |F(M)|
+        assert m.value == pytest.approx(abs(d.mean()), rel=1e-5)
+        assert m.details["signed"] == pytest.approx(d.mean(), rel=1e-5)
+        lo, hi = bootstrap_ci(lambda idx: d[idx].mean(1), len(d), seed=3)  # same resamples
+        assert m.ci[0] <= m.value <= m.ci[1]
+        assert (m.ci[0] == 0.0) == (lo <= 0 <= hi)
+    from circuitcheck.measures.circuit import _abs_interval
+
+    assert _abs_interval(-0.2, 0.1) == (0.0, 0.2) and _abs_interval(-0.3, -0.1) == (0.1, 0.3)
+    assert _abs_interval(0.1, 0.3) == (0.1, 0.3)

@@ -27,7 +27,7 @@ from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
 from ..errors import CircuitCheckError, CircuitCheckWarning
 from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
-from ..stats import bootstrap_ci
+from ..stats import bootstrap_ci, wilson_ci
 from ..tasks import Task
 from ._measurement import Measurement
 from ._result import ResultProtocol
@@ -133,7 +133,12 @@ def _baselines(s: _Setup, full: np.ndarray, ablated: np.ndarray) -> dict[str, np
 
 def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, np.ndarray],
                        circuit: Circuit | None, extra: dict[str, Any] | None = None) -> Measurement:
-    """(mean(numer) - b) / (mean(full) - b) with a paired bootstrap interval."""
+    """(mean(numer) - b) / (mean(full) - b) with a paired bootstrap interval.
+
+    For a 0/1 metric (top-1) the interval also covers the Wilson interval of mean(numer)
+    with the rest held at their means: a percentile bootstrap of 64 successes in 64 prompts
+    is [1, 1], which would claim certainty that 64 prompts cannot give.
+    """
     full = base["full"]
     b_rows = np.zeros_like(full) if s.normalize == "ratio" else base[s.normalize]
     n = len(full)
@@ -170,6 +175,10 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     ci = bootstrap_ci(lambda i: (numer[i].mean(1) - b_rows[i].mean(1))
                       / (full[i].mean(1) - b_rows[i].mean(1)), n,
                       confidence=s.confidence, seed=s.seed)
+    if s.metric.binary and den and n >= 2:
+        (w_lo,), (w_hi,) = wilson_ci(np.array([float(numer.sum())]), np.array([float(n)]),
+                                     s.confidence)
+        ci = (min(ci[0], (w_lo - b) / den), max(ci[1], (w_hi - b) / den))
     per_prompt = (numer - b) / den if den else np.full(n, np.nan)
     if problem:
         value = float("nan")
@@ -347,7 +356,13 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
     """|F(C \\ K) - F(C \\ (K ∪ {v}))| / |F(M)| for every head v of the circuit.
 
     ``k_sets`` maps a head to its K (heads of the circuit); default K = ∅ for every head.
-    Every C \\ K and C \\ (K ∪ {v}) runs in one batched set of forward passes.
+    Every C \\ K and C \\ (K ∪ {v}) runs in one batched set of forward passes. The
+    normaliser |F(M)| is the full model's mean metric on the same prompts (in every bootstrap
+    resample, its own mean). The interval is for |d|, d the signed difference over |F(M)|:
+    from the bootstrap interval [lo, hi] of d, [lo, hi] when 0 < lo, [-hi, -lo] when hi < 0,
+    and [0, max(-lo, hi)] when it holds 0 (bootstrapping |d| itself would give an interval
+    that never reaches 0, so "v does not matter" could never be shown). ``per_prompt`` and
+    ``details["signed"]`` keep the sign: negative when removing v raises the metric.
     """
     s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed,
                confidence, batch_size)
@@ -367,9 +382,10 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
     scores = {}
     for i, (h, k) in enumerate(ks.items()):
         a, b = rows[2 * i], rows[2 * i + 1]
-        value = abs(float(a.mean() - b.mean())) / den if den else float("nan")
-        ci = bootstrap_ci(lambda idx: np.abs(a[idx].mean(1) - b[idx].mean(1))
-                          / np.abs(full[idx].mean(1)), n, confidence=confidence, seed=s.seed)
+        signed = float(a.mean() - b.mean()) / den if den else float("nan")
+        lo, hi = bootstrap_ci(lambda idx: (a[idx].mean(1) - b[idx].mean(1))
+                              / np.abs(full[idx].mean(1)), n, confidence=confidence, seed=s.seed)
+        value, ci = abs(signed), _abs_interval(lo, hi)
         scores[h] = Measurement(
             kind="minimality", value=value, ci=ci, per_prompt=(a - b) / den if den else a * np.nan,
             metric=s.metric.name, metric_description=s.metric.describe,
@@ -377,6 +393,17 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
             confidence=confidence, seed=s.seed, circuit=circuit,
             model=getattr(model, "cc_name", ""), task=task.name,
             problem=None if den else "the full model's metric is 0",
-            details={"head": h, "K": list(k)},
+            details={"head": h, "K": list(k), "signed": signed},
         )
     return Minimality(scores)
+
+
+def _abs_interval(lo: float, hi: float) -> tuple[float, float]:
+    """An interval for |d| from one for d (see ``minimality``)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return float("nan"), float("nan")
+    if lo > 0:
+        return lo, hi
+    if hi < 0:
+        return -hi, -lo
+    return 0.0, max(-lo, hi)

@@ -21,6 +21,7 @@ class Metric:
     needs_sets: bool = False
     needs_reference: bool = False  # needs the full model's distribution (KL)
     reads: tuple[str, ...] = ()  # the Readout fields fn reads (the rest need not be computed)
+    binary: bool = False  # 0/1 per prompt: intervals of its mean are at least Wilson intervals
 
     def __call__(self, readout: Readout) -> np.ndarray:
         return self.fn(readout)
@@ -45,7 +46,7 @@ METRICS: dict[str, Metric] = {
         Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float),
                reads=("logprob",)),
         Metric("top1", "top-1 success (argmax = answer) at 'end'",
-               lambda r: r.correct.numpy().astype(float), reads=("correct",)),
+               lambda r: r.correct.numpy().astype(float), reads=("correct",), binary=True),
         Metric("prob_diff", "p(good tokens) - p(bad tokens) at 'end'", _prob_diff,
                needs_sets=True, reads=("good_prob", "bad_prob")),
         Metric("kl", "-KL(full model || variant) of the next-token distribution at 'end' "
