@@ -267,3 +267,28 @@ def test_attention_claims_draw_the_claimed_heads_patterns(ioi):
     s2 = int(enc.positions["S2"][0])
     want = f"{n - 1} {p0['tokens'][-1]} -> {s2} {p0['tokens'][s2]}: "
     assert any(c.startswith(want) for c in cells)
+
+
+def test_the_issue_names_are_the_same_measurements(ioi, planted):
+    """cc.copying_scores / attention_to / compensation / head_scores('first_token') give what
+    the measurements they name give (same numbers), with heads= restricting or checking."""
+    model, task = ioi
+    names = cc.copying_scores(model, task=task)
+    np.testing.assert_array_equal(names.scores, ov_copying(model, task).scores)
+    neg = cc.copying_scores(model, ["2.0", "2.1"], task, negative=True)
+    full_neg = ov_copying(model, task, negative=True).scores
+    assert neg.scores[2, 0] == full_neg[2, 0] and neg.scores[2, 1] == full_neg[2, 1]
+    assert np.isnan(neg.scores).sum() == neg.scores.size - 2
+    np.testing.assert_array_equal(cc.copying_scores(model).scores, ov_eigen_scores(model).scores)
+    with pytest.raises(cc.CircuitCheckError, match="out of range"):
+        cc.copying_scores(model, ["9.0"], task)
+    att = cc.attention_to(model, task, source="end", targets=["IO", "S1"])
+    ref = cc.position_attention(model, task, to=["IO", "S1"], from_="end")
+    np.testing.assert_array_equal(att["IO"].scores, ref.values[..., 0])
+    assert att["2.0", "S1"] == ref["2.0", "S1"] == float(ref.values[2, 0, 1])
+    comp = cc.compensation(model, task, ["2.0", "2.1"], ablate=["1.2"], positions="end")
+    np.testing.assert_allclose(comp.per_prompt,
+                               compensation(model, task, ["2.0", "2.1"], ablate=["1.2"]).per_prompt)
+    pm, ptask = planted
+    first = cc.head_scores(pm, "first_token", task=ptask)
+    np.testing.assert_array_equal(first.scores, cc.head_scores(pm, "bos", task=ptask).scores)

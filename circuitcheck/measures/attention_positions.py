@@ -77,8 +77,14 @@ class PositionAttention(ResultProtocol):
                           self.ci_low[..., k], self.ci_high[..., k], self.per_prompt[..., k],
                           self.confidence)
 
-    def __getitem__(self, key: tuple[Any, Any]) -> float:
-        head, target = key
+    def __getitem__(self, key: Any) -> Any:
+        """``result["IO"]``: that target's scores (``of``); ``result["9.9", "IO"]``: one value."""
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return self.of(key)
+        try:
+            head, target = parse_head(key[0]), key[1]
+        except CircuitCheckError:  # a target of several positions, e.g. ("S1", "S2")
+            return self.of(key)
         layer, h = parse_head(head)
         return float(self.values[layer, h, self._k(target)])
 

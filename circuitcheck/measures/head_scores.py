@@ -28,6 +28,8 @@ from ..errors import CircuitCheckError, did_you_mean
 from ._scores import HeadScores
 
 KINDS = ("previous_token", "duplicate_token", "induction", "bos", "self")
+#: Other names of a kind: the first-token (BOS) head and the self (current-token) head.
+ALIASES = {"first_token": "bos", "current_token": "self"}
 
 
 def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: int = 20,
@@ -41,6 +43,7 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     from ..interventions.ablation import no_logits
     from ..tasks._induction import content_token_ids
 
+    kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise CircuitCheckError(f"unknown head score {kind!r}{did_you_mean(kind, KINDS)}; "
                                 f"use one of {list(KINDS)}")
