@@ -65,6 +65,8 @@ _LAZY = {
     "position_attention": "circuitcheck.measures.attention_positions",
     "ablated_dla": "circuitcheck.measures.compensation",
     "logit_lens": "circuitcheck.measures.logit_lens",
+    "head_sweep": "circuitcheck.measures.head_sweep",
+    "assert_head_sweep": "circuitcheck.assertions_analysis",
     "copying_scores": "circuitcheck.measures.names",
     "attention_to": "circuitcheck.measures.names",
     "compensation": "circuitcheck.measures.names",

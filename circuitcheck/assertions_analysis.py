@@ -1,5 +1,5 @@
 """``assert_*`` helpers for the notebooks' analysis claims: OV copying, attention to named
-positions, compensation by backup heads, and the logit lens.
+positions, compensation by backup heads, the logit lens and per-head ablation sweeps.
 
 They decide like ``circuitcheck.assertions``: a claim *holds* when the whole confidence
 interval is past the threshold (for several heads: the weakest head's interval), *fails* when
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .assertions import _check_threshold, _finish
+import numpy as np
+
+from .assertions import _check_threshold, _conclude, _finish
 from .circuit import format_head
 from .measures import Measurement
 from .measures._patching_base import _heads
 from .measures.attention_positions import position_attention
 from .measures.compensation import compensation
+from .measures.head_sweep import head_sweep
 from .measures._scores import HeadScores
 from .measures.logit_lens import logit_lens
 from .measures.ov import ov_copying, ov_eigen_scores
@@ -209,4 +212,82 @@ def assert_logit_lens(model: Any, task: Task, *, layer: int, at_least: float | N
     return _finish(claim, m, op, threshold, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
-__all__ = ["assert_attends", "assert_compensates", "assert_logit_lens", "assert_ov_copying"]
+def assert_head_sweep(model: Any, task: Task, heads: Any, *, drop_at_least: float,
+                      relative: bool = False, others: bool = True, name: str | None = None,
+                      allow_inconclusive: bool = False, **kwargs: Any) -> Any:
+    """Assert that ablating any one of ``heads`` lowers the metric by at least
+    ``drop_at_least`` (absolute, in the metric's units, as seed 001 prints it; a share of the
+    full model's mean with ``relative=True``) and, with ``others``, that no other head does.
+
+    Decided on the sweep's simultaneous intervals (``cc.measures.head_sweep``): held when every
+    claimed head's drop interval is at or above the bound and every other head's wholly below
+    it; failed when a claimed head's is wholly below or another head's wholly at or above;
+    inconclusive otherwise. Keyword arguments go to ``head_sweep`` (ablation, metric, ...).
+    """
+    __tracebackhide__ = True
+    from ._validate import flag
+    from .stats import FAILED, HOLDS, INCONCLUSIVE, UNMEASURABLE
+
+    bound = _check_threshold(drop_at_least, "drop_at_least")
+    flag(relative, "relative")
+    flag(others, "others")
+    flag(allow_inconclusive, "allow_inconclusive")
+    claimed = _heads(model, heads)
+    sw = head_sweep(model, task, **kwargs)
+    scale = abs(sw.full) if relative else 1.0
+    if relative and not sw.full:
+        scale = float("nan")
+    drop, d_lo, d_hi = -sw.change / scale, -sw.ci_high / scale, -sw.ci_low / scale
+    rest = [h for h in sw.ranking() if h not in claimed] if others else []
+    weakest = min(claimed, key=lambda h: d_lo[h])
+    strongest = max(rest, key=lambda h: d_hi[h]) if rest else None
+    if sw.problem or not np.isfinite(scale):
+        v = UNMEASURABLE
+    elif any(d_hi[h] < bound for h in claimed) or any(d_lo[h] >= bound for h in rest):
+        v = FAILED
+    elif all(d_lo[h] >= bound for h in claimed) and all(d_hi[h] < bound for h in rest):
+        v = HOLDS
+    else:
+        v = INCONCLUSIVE
+    unit = "of the full model" if relative else sw.metric
+    label = ", ".join(format_head(h) for h in claimed)
+    claim = name or f"ablating {label} lowers {sw.metric} by >= {bound:g}" + (
+        "; no other head does" if others else "")
+    m = Measurement(
+        kind="head sweep", value=float(drop[weakest]),
+        ci=(float(d_lo[weakest]), float(d_hi[weakest])), per_prompt=-sw.per_prompt[:, weakest[0],
+                                                                             weakest[1]] / scale,
+        metric=sw.metric, metric_description=f"drop in {sw.metric} ({unit}) when one head is "
+        "ablated", ablation=sw.ablation, confidence=sw.confidence, seed=0,
+        model=getattr(model, "cc_name", ""), task=task.name, problem=sw.problem,
+        baselines={"full": sw.full},
+        details={"heatmaps": {f"drop in {sw.metric}": {
+            "data": np.nan_to_num(drop, nan=0.0).tolist(), "outline": [list(h) for h in claimed],
+            "label": f"drop in {sw.metric} ({unit}) when the head is ablated alone"}},
+            "strongest_other": None if strongest is None else {
+                "head": format_head(strongest), "drop": float(drop[strongest]),
+                "ci": [float(d_lo[strongest]), float(d_hi[strongest])]}})
+
+    def story() -> str:
+        word = {UNMEASURABLE: "NOT MEASURABLE", FAILED: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}[v]
+        ci = f"{sw.confidence:.0%} simultaneous CI"
+        lines = [f"claim {claim!r} {word}: " + (sw.problem or (
+            f"weakest claimed head {format_head(weakest)} drops {drop[weakest]:.3f} ({ci} "
+            f"[{d_lo[weakest]:.3f}, {d_hi[weakest]:.3f}]); required {bound:g}"
+            + ("" if strongest is None else
+               f"; strongest other head {format_head(strongest)} drops {drop[strongest]:.3f} "
+               f"[{d_lo[strongest]:.3f}, {d_hi[strongest]:.3f}], allowed below {bound:g}")))]
+        lines.append(f"  sweep      each head alone, {sw.ablation}; {sw.metric} of the full "
+                     f"model {sw.full:.3f}; n={sw.n} prompts")
+        lines.append("  largest    " + ", ".join(f"{format_head(h)} {drop[h]:+.3f}"
+                                                 for h in sw.ranking()[:5]))
+        return "\n".join(lines)
+
+    entry = {"claim": claim, "kind": "head sweep", "verdict": v, "op": ">=", "threshold": bound,
+             "heads": [list(h) for h in claimed], "measurement": m.to_dict()}
+    _conclude(entry, v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive), story)
+    return sw
+
+
+__all__ = ["assert_attends", "assert_compensates", "assert_head_sweep", "assert_logit_lens",
+           "assert_ov_copying"]

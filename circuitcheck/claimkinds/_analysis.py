@@ -81,3 +81,22 @@ register(ClaimKind(
             Param("seed", INT)) + _bounds("decoded logit difference"),
     check=_one_bound, verdict=BOUND, records="logit lens", figures=("histogram", "points"),
     example={"layer": 0, "at_most": 1.0}))
+
+register(ClaimKind(
+    name="head_sweep",
+    summary="ablating any one of these heads lowers the metric by at least x; no other head does",
+    target="heads", assertion=A + "assert_head_sweep", measure=M + "head_sweep:head_sweep",
+    params=(Param("heads", HEADS, True, "the heads whose ablation matters"),
+            Param("drop_at_least", NUMBER, True, "drop (absolute; relative: share of the full "
+                                                 "model) each claimed head causes at least"),
+            Param("relative", BOOL, doc="drop as a share of the full model's mean metric"),
+            Param("others", BOOL, doc="also claim no other head drops it that much (default)"),
+            Param("ablation", TEXT, doc="layer-mean (default: seed 001), zero, mean, ..."),
+            Param("metric", TEXT, doc="prob (default), logit_diff, top1, logit, ..."),
+            Param("reference", TEXT), Param("confidence", NUMBER),
+            Param("allow_inconclusive", BOOL)),
+    verdict=("holds when every claimed head's simultaneous drop interval is at or above the "
+             "bound and (others) every other head's wholly below it; fails when one is wholly "
+             "on the wrong side; inconclusive otherwise"),
+    records="head sweep", figures=("histogram", "heatmap"),
+    example={"heads": ["0.2", "1.1"], "drop_at_least": 0.2, "ablation": "mean"}))

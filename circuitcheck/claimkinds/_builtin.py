@@ -19,7 +19,7 @@ P_VALUE = "holds when the test's p-value decides for the claim at level alpha"
 
 def _ratio_params(threshold: str, doc: str) -> tuple[Param, ...]:
     return (Param(threshold, NUMBER, True, doc),
-            Param("ablation", TEXT, doc="zero, mean, mean-by-template or resample"),
+            Param("ablation", TEXT, doc="zero, mean, mean-by-template, resample or layer-mean"),
             Param("metric", TEXT, doc="logit_diff, prob, top1, kl, ..."),
             Param("reference", TEXT, doc="prompts the ablation means come from"),
             Param("normalize", TEXT, doc="ratio (F(C)/F(M)) or ablated"),

@@ -32,6 +32,9 @@ class Ablation(str, enum.Enum):
     """The mean over reference prompts of the same template group, per position (Wang et al.)."""
     RESAMPLE = "resample"
     """The head's output on the paired counterfactual (corrupted) prompt, same position."""
+    LAYER_MEAN = "layer-mean"
+    """The mean ``z`` over all heads of its layer, same prompt and position, in the same
+    forward pass (seed 001's ablation, as its notebook writes it; heads only, not MLPs)."""
 
     @classmethod
     def parse(cls, value: "str | Ablation") -> "Ablation":
@@ -113,6 +116,8 @@ class AblationValues:
             return "zero-ablated"
         if self.kind is Ablation.RESAMPLE:
             return "resample-ablated (from each prompt's corrupted pair)"
+        if self.kind is Ablation.LAYER_MEAN:
+            return "layer-mean-ablated (the mean z of the head's layer, same prompt and position)"
         by = ", by template" if self.kind is Ablation.MEAN_BY_TEMPLATE else ""
         return f"{self.kind.value}-ablated (reference: {self.reference} prompts{by})"
 
@@ -132,8 +137,13 @@ def ablation_values(model: Any, enc: EncodedTask, ablation: "str | Ablation",
         reference = "corrupted" if enc.corrupted is not None else "clean"
     if reference not in ("clean", "corrupted"):
         raise CircuitCheckError(f"reference must be 'clean' or 'corrupted', got {reference!r}")
-    if kind is Ablation.ZERO:
-        return AblationValues(kind, None, None, torch.zeros(n, dtype=torch.long), reference)
+    if kind in (Ablation.ZERO, Ablation.LAYER_MEAN):  # nothing to precompute
+        if kind is Ablation.LAYER_MEAN and with_mlp:
+            raise CircuitCheckError(
+                "layer-mean ablation replaces a head by the mean of its layer's heads; an MLP has "
+                "no such mean: keep every MLP (the default) or use another ablation")
+        return AblationValues(kind, None, None, torch.zeros(n, dtype=torch.long),
+                              "own prompt" if kind is Ablation.LAYER_MEAN else reference)
     if kind is Ablation.RESAMPLE or reference == "corrupted":
         if enc.corrupted is None:
             raise TaskError(
@@ -475,7 +485,8 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     lens = enc.lengths if lengths is None else lengths
     N, V = toks.shape[0], len(variants)
     device = model.cfg.device
-    if values is not None and values.kind is not Ablation.ZERO and values.z is None:
+    if values is not None and values.kind not in (Ablation.ZERO, Ablation.LAYER_MEAN) \
+            and values.z is None:
         raise CircuitCheckError("ablation values are missing")
     bs = batch_size or rows_per_batch(model, toks.shape[1])
     pos_table = None
@@ -525,6 +536,11 @@ def _ablation_hooks(model: Any, variants: Variants, values: AblationValues,
     table_rows = values.row_of[p_idx]
     hooks = []
     for layer in range(L):
+        if values.kind is Ablation.LAYER_MEAN:
+            k = keep[:, layer][..., None]
+            hooks += [] if bool(k.all()) else [(f"blocks.{layer}.attn.hook_z",
+                                                _layer_mean_hook(k.to(device)))]
+            continue
         hooks += _layer_hook(f"blocks.{layer}.attn.hook_z", keep[:, layer][..., None],
                              None if values.z is None else values.z[layer], table_rows, P, device)
     if variants.keep_mlp is not None:
@@ -550,6 +566,14 @@ def _layer_hook(name: str, keep: "torch.Tensor", table: "torch.Tensor | None",
 def _zero_hook(keep: "torch.Tensor"):
     def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
         return x * keep.to(x.dtype)
+    return hook
+
+
+def _layer_mean_hook(keep: "torch.Tensor"):
+    def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
+        import torch
+
+        return torch.where(keep, x, x.mean(2, keepdim=True).expand_as(x))
     return hook
 
 
