@@ -6,9 +6,12 @@ would a replacement that equals the activation it replaces. A ``HookGuard`` wrap
 run registers and records, for each:
 
 - that it fired (a Python counter: free);
-- for an *intervention* hook, whether its output differs from its input anywhere beyond float
-  noise: one ``isclose(...).all()`` kept as a tensor on the device and read once at the end,
-  never a per-call sync.
+- for an *intervention* hook, whether its output differs from its input anywhere: exactly
+  (``torch.equal`` on a CPU, which stops at the first difference; elsewhere one
+  ``ne(...).any()`` kept as a tensor on the device and read once at the end, never a
+  per-call sync). A replacement equal to the activation only up to float noise is not
+  caught here but by the measures' own check (the all-ablated baseline equals the full
+  model's), which compares metrics with a tolerance.
 
 ``check()`` then raises ``NotMeasurableError`` naming a hook that was expected to fire and did
 not, or, when every intervention hook fired and not one changed an activation, saying the
@@ -30,11 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Hook = tuple[str, Callable[..., Any]]
 
-#: Relative tolerance below which an output "equals" its input, per dtype width (float noise of
-#: the same activation computed in batches of another shape is ~1e-6 in float32).
-_RTOL = {4: 1e-4, 8: 1e-6}
-_RTOL_HALF = 1e-2
-
 #: Why a run's guard reads as it does; the wording each failure starts with.
 NEVER_FIRED = "was registered but never fired"
 CHANGES_NOTHING = "changes nothing"
@@ -48,7 +46,7 @@ class _Record:
     expected: bool
     intervenes: bool
     calls: list[int] = field(default_factory=lambda: [0])
-    changed: list["torch.Tensor"] = field(default_factory=list)  # 0-d bool per call
+    changed: list["torch.Tensor | bool"] = field(default_factory=list)  # one per call
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,25 +108,29 @@ class HookGuard:
             raise NotMeasurableError(problem)
 
 
-def _differs(out: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
-    """0-d bool tensor: ``out`` differs from ``x`` somewhere beyond float noise."""
+def _differs(out: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor | bool":
+    """Whether ``out`` differs from ``x`` anywhere: a bool on a CPU (no sync to avoid), else
+    a 0-d bool tensor on the device."""
     import torch
 
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        return torch.ones((), dtype=torch.bool)
-    rtol = _RTOL.get(x.element_size(), _RTOL_HALF) if x.is_floating_point() else 0.0
-    if rtol == 0.0:
-        return torch.ne(out, x).any()
-    return ~torch.isclose(out, x, rtol=rtol, atol=rtol * 1e-2).all()
+        return True
+    if out.device.type == "cpu":
+        return not torch.equal(out, x)
+    return torch.ne(out, x).any()
 
 
 def _any_changed(records: list[_Record]) -> bool:
-    """Whether any call of any of ``records`` changed its activation (one device sync)."""
+    """Whether any call of any of ``records`` changed its activation (at most one sync)."""
     import torch
 
     flags = [f for r in records for f in r.changed]
-    device = flags[0].device
-    return bool(torch.stack([f.to(device) for f in flags]).any())
+    if any(f is True for f in flags):
+        return True
+    lazy = [f for f in flags if isinstance(f, torch.Tensor)]
+    if not lazy:
+        return False
+    return bool(torch.stack([f.to(lazy[0].device) for f in lazy]).any())
 
 
 def layer_of(name: str) -> int | None:
