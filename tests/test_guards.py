@@ -204,3 +204,16 @@ def test_tiny_models_still_measure(tiny):
     for ablation in ("mean", "zero", "resample"):
         m = cc.faithfulness(tiny, task, circuit, ablation=ablation)
         assert m.problem is None and math.isfinite(m.value), (ablation, m.problem)
+
+
+def test_device_flags_are_read_once_at_the_end():
+    """Off the CPU each call leaves a 0-d tensor (no sync); the end reads them together."""
+    import torch
+
+    from circuitcheck.interventions._guard import _any_changed, _Record
+
+    rec = _Record("blocks.0.attn.hook_z", True, True)
+    rec.changed.extend([torch.tensor(False), torch.tensor(False)])
+    assert _any_changed([rec]) is False
+    rec.changed.append(torch.tensor(True))
+    assert _any_changed([rec]) is True
