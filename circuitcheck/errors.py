@@ -7,7 +7,10 @@ Every error names the problem and the fix, with the user's own input in it::
     │   └── ModelUnavailableError     a hub model that is not cached here while offline
     ├── TaskError                     prompts, answers, positions or groups that do not fit
     ├── CircuitError                  a circuit that does not fit the model or the task
-    └── ClaimFileError                a malformed YAML claim (file, line and key in the message)
+    ├── ClaimFileError                a malformed YAML claim (file, line and key in the message)
+    └── NotMeasurableError            the machinery did not apply an intervention (a hook that
+                                      never fired, an ablation that changed nothing); measures
+                                      turn it into their result's ``problem``
 
 ``CircuitCheckWarning`` (a ``UserWarning``) flags a measurement worth a second look (e.g. a
 faithfulness the primary metric calls high while top-1 accuracy collapses).
@@ -54,6 +57,11 @@ class CircuitError(CircuitCheckError, ValueError):
 
 class ClaimFileError(CircuitCheckError, ValueError):
     """A declarative claim file that cannot be read."""
+
+
+class NotMeasurableError(CircuitCheckError):
+    """An intervention the machinery did not apply as intended (see
+    ``interventions._guard``); ``str(error)`` is the reason a claim is NOT MEASURABLE."""
 
 
 class CircuitCheckWarning(UserWarning):

@@ -16,6 +16,7 @@ from ..circuit import Circuit
 from ..errors import CircuitCheckError, TaskError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
+from ._guard import HookGuard
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -221,6 +222,7 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
         store["mlp"] = [None] * L
     N, P_all = toks.shape[0], toks.shape[1]
     device = model.cfg.device
+    guard = HookGuard("caching of the ablation values")
     with torch.inference_mode():
         for rows in length_batches(lens, rows_per_batch(model, P_all), device=device):
             P = int(lens[rows].max())
@@ -234,8 +236,10 @@ def _cache_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor",
 
             with real_tokens(model, lens[rows], P):
                 model.run_with_hooks(toks[rows, :P].to(device),
-                                     fwd_hooks=[*((n, save) for n in names), no_logits()],
+                                     fwd_hooks=[*guard.wrap_all(((n, save) for n in names),
+                                                                intervenes=False), no_logits()],
                                      return_type=None)
+    guard.check()  # a layer never saved would be ablated with zeros, not its values
     return store  # type: ignore[return-value]
 
 
@@ -477,7 +481,9 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     ``ref_logprobs`` (the full model's, from ``final_logprobs``) adds the KL divergence.
     ``reads``: the ``Readout`` fields the caller will read (a metric's ``reads``; None: all).
     The others are None, never made up; reading only ``logit``/``wrong_logit`` skips the
-    unembedding where ``answer_logits_exact`` allows it.
+    unembedding where ``answer_logits_exact`` allows it. Every ablation hook is guarded
+    (``_guard.HookGuard``): one that never fires, or an ablation that changes no activation
+    at all, raises ``NotMeasurableError``.
     """
     import torch
 
@@ -497,6 +503,7 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
     want, how = read_plan(model, reads, ref_logprobs is not None)
     all_prompts = torch.arange(n_rows) % N if prompt_of is None else prompt_of
     parts = []
+    guard = HookGuard("ablation")
     # less work: rows of similar length share a batch, so little padding is computed
     batches = length_batches(lens[all_prompts], bs, device=device,
                              fixed_rows=batch_size is not None)
@@ -509,12 +516,13 @@ def run_variants(model: Any, enc: EncodedTask, variants: Variants,
             P = int(lens[p_idx].max())
             hooks = []
             if values is not None:
-                hooks = _ablation_hooks(model, variants, values, v_idx, p_idx, P, pos_table,
-                                        invert, device)
+                hooks = guard.wrap_all(_ablation_hooks(model, variants, values, v_idx, p_idx,
+                                                       P, pos_table, invert, device))
             final = _read_last(model, toks[p_idx], lens[p_idx], hooks, stop=how != "logits")
             parts.append((rows, readout(model, final, enc, p_idx, want, how, ref_logprobs)))
             if progress is not None:
                 progress(len(rows))
+    guard.check()
     return as_readout(parts, n_rows, (V, N) if prompt_of is None else (V, 1))
 
 

@@ -124,7 +124,8 @@ def run_attention_ablation(model: Any, enc: EncodedTask, masks: "torch.Tensor", 
         return r[chunk.prompts.to(r.device), :chunk.P]
 
     out = run_rows(model, enc, prompt_of, tokens=enc.tokens, lengths=enc.lengths, hooks=hooks,
-                   start_layer=first[variant], start_resid=start_resid, batch_size=batch_size)
+                   start_layer=first[variant], start_resid=start_resid, batch_size=batch_size,
+                   what="attention ablation")
     return _reshape(out, V, N)
 
 

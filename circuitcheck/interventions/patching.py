@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
+from ._guard import HookGuard, in_layers
 from .ablation import (Readout, as_readout, last_token_hook, no_logits, read_plan,
                        readout)
 
@@ -110,11 +111,13 @@ def cache_activations(model: Any, tokens: "torch.Tensor", names: Sequence[str], 
     store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
 
+    guard = HookGuard("caching")
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], bs):
             chunk = tokens[start:start + bs].to(model.cfg.device)
-            model.run_with_hooks(chunk, fwd_hooks=[*((n, saver(store[n])) for n in wanted),
-                                                   no_logits()], return_type=None)
+            savers = guard.wrap_all(((n, saver(store[n])) for n in wanted), intervenes=False)
+            model.run_with_hooks(chunk, fwd_hooks=[*savers, no_logits()], return_type=None)
+    guard.check()
     return {n: torch.cat(v) for n, v in store.items()}
 
 
@@ -132,6 +135,7 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
     lengths = enc.lengths
     # the real tokens of ``tokens``' own rows (the clean or the corrupted prompts), if known
     own = {id(enc.tokens): enc.lengths, id(enc.corrupted): enc.corrupted_lengths}.get(id(tokens))
+    guard = HookGuard("caching")
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], bs):
             prompts = torch.arange(start, min(start + bs, tokens.shape[0]))
@@ -140,8 +144,10 @@ def cache_run(model: Any, enc: EncodedTask, tokens: "torch.Tensor", names: Seque
                   else contextlib.nullcontext()):
                 logits = model.run_with_hooks(
                     tokens[prompts].to(model.cfg.device),
-                    fwd_hooks=[(n, saver(store[n])) for n in store] + [last_token_hook(last)])
+                    fwd_hooks=guard.wrap_all([(n, saver(store[n])) for n in store]
+                                             + [last_token_hook(last)], intervenes=False))
             parts.append((prompts, readout(model, logits[:, 0], enc, prompts)))
+    guard.check()
     return {n: torch.cat(v) for n, v in store.items()}, as_readout(parts, tokens.shape[0])
 
 
@@ -242,7 +248,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              start_resid: Callable[[Chunk], "torch.Tensor"] | None = None,
              resid_at_zero: bool = False, stop_at_layer: int | None = None,
              batch_size: int | None = None, reads: "Collection[str] | None" = None,
-             progress: Callable[[int], None] | None = None) -> Readout | None:
+             progress: Callable[[int], None] | None = None, what: str = "patch"
+             ) -> Readout | None:
     """Run R rows (row r = prompt ``prompt_of[r]`` of ``tokens``) and read the last token.
 
     ``hooks(chunk)`` gives the chunk's hooks (each reads its rows' masks from the chunk).
@@ -252,7 +259,9 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     unless ``resid_at_zero``. Returns a ``Readout`` of shape [R], or None with
     ``stop_at_layer`` (runs that only feed their hooks, e.g. capturing a receiver's input).
     ``reads``: the readout fields wanted (see ``run_variants``). ``progress(n)`` is called
-    after each batch of n rows.
+    after each batch of n rows. The hooks are guarded (``_guard.HookGuard``, ``what`` names
+    the intervention): one that should fire and does not, or a run whose hooks change no
+    activation at all, raises ``NotMeasurableError``.
     """
     import torch
 
@@ -268,6 +277,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     bs = batch_size or rows_per_batch(model, tokens.shape[1])
     want, how = read_plan(model, reads)
     parts = []
+    guard = HookGuard(what)
     with torch.inference_mode():
         for layer in torch.unique(start_layer).tolist():
             of_layer = (start_layer == layer).nonzero().flatten()
@@ -279,9 +289,11 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                 P = int(lengths[prompts].max())
                 chunk = Chunk(rows, prompts, P, int(layer), device)
                 last = (lengths[prompts] - 1).to(device)
-                fwd = hooks(chunk)
+                # the bridge drops hooks outside [start, stop) by design: only those must fire
+                fwd = guard.wrap_all(hooks(chunk), expected=in_layers(int(layer), stop_at_layer))
                 if stop_at_layer is None:
-                    fwd.append(last_token_hook(last, stop=how != "logits"))
+                    fwd.append(guard.wrap(*last_token_hook(last, stop=how != "logits"),
+                                          intervenes=False))
                 kw = {"fwd_hooks": fwd, "stop_at_layer": stop_at_layer}
                 with real_tokens(model, lengths[prompts], P):
                     if layer == 0 and not resid_at_zero:
@@ -295,6 +307,7 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
                     parts.append((rows, readout(model, logits[:, 0], enc, prompts, want, how)))
                 if progress is not None:
                     progress(len(rows))
+    guard.check()
     return as_readout(parts, R) if stop_at_layer is None else None
 
 

@@ -87,3 +87,11 @@ class Measurement(BoundsFromCi):
             if key in self.details:
                 out[key] = self.details[key]
         return out
+
+
+def unmeasured(kind: str, problem: str, n: int, **fields: Any) -> Measurement:
+    """A measurement that could not be made: NaN value, interval and per-prompt values, and
+    ``problem`` its reason (every assertion on it says NOT MEASURABLE)."""
+    nan = float("nan")
+    return Measurement(kind=kind, value=nan, ci=(nan, nan), per_prompt=np.full(n, nan),
+                       problem=problem, **fields)

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CircuitCheckError, CircuitError
+from ..errors import CircuitCheckError, CircuitError, NotMeasurableError
 from ..progress import progress_bar
 from ..interventions import Readout
 from ..interventions.patching import (HEAD_COMPONENTS, RESIDUAL_COMPONENTS, Patches, cache_run,
                                       check_component, check_direction, hook_name, n_units,
                                       run_patches)
 from ..tasks import Task
-from ._measurement import Measurement
+from ._measurement import Measurement, unmeasured
 from ._patching_base import (PatchGrid, _cells, _layout, _grid, _head_mask, _heads,
-                             _ratio_measurement, _seed, _setup, _Setup)
+                             _normalization, _ratio_measurement, _seed, _setup, _Setup)
 from .metrics import Metric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +63,23 @@ def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
 def _sweep(model: Any, s: _Setup, component: str, per_position: bool,
            positions: Sequence[str] | None, direction: str, batch_size: int | None,
            cells: np.ndarray | None = None, progress: Any = None) -> PatchGrid:
-    """Exact patching of ``cells`` of the grid (default all); NaN elsewhere."""
+    """Exact patching of ``cells`` of the grid (default all); NaN elsewhere. A patch the
+    machinery did not apply (``NotMeasurableError``) leaves the grid NaN with that problem."""
+    try:
+        return _sweep_exact(model, s, component, per_position, positions, direction,
+                            batch_size, cells, progress)
+    except NotMeasurableError as e:
+        _, shape, dims, coords = _layout(model, s, component, per_position, positions)
+        nan = np.full(s.enc.n, np.nan)
+        return PatchGrid(np.full(shape, np.nan), dims, coords, s.metric.name,
+                         _normalization(direction), component, direction, "exact",
+                         np.full(shape + (s.enc.n,), np.nan), nan, nan.copy(), str(e),
+                         np.zeros(shape, dtype=bool))
+
+
+def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
+                 positions: Sequence[str] | None, direction: str, batch_size: int | None,
+                 cells: np.ndarray | None, progress: Any) -> PatchGrid:
     enc = s.enc
     L = model.cfg.n_layers
     pos_of, shape, dims, coords = _layout(model, s, component, per_position, positions)
@@ -210,8 +226,14 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
     from .attribution import DIFFERENTIABLE
 
     hs = _heads(model, heads)
-    patched, clean, corr = patch_head_set(model, task, hs, component=component,
-                                          metric=metric, batch_size=batch_size)
+    try:
+        patched, clean, corr = patch_head_set(model, task, hs, component=component,
+                                              metric=metric, batch_size=batch_size)
+    except NotMeasurableError as e:
+        return unmeasured("patching recovery", str(e), len(task.prompts), metric=str(metric),
+                          confidence=confidence, seed=_seed(seed),
+                          model=getattr(model, "cc_name", ""), task=task.name,
+                          details={"heads": [list(h) for h in hs], "component": component})
     s = _setup(model, task, metric)
     c, k = s.metric(clean), s.metric(corr)
     details: dict[str, Any] = {"heads": [list(h) for h in hs], "component": component}

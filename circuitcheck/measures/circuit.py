@@ -25,11 +25,11 @@ import numpy as np
 
 from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
-from ..errors import CircuitCheckError, CircuitCheckWarning
+from ..errors import CircuitCheckError, CircuitCheckWarning, NotMeasurableError
 from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
 from ..stats import bootstrap_ci, wilson_ci
 from ..tasks import Task
-from ._measurement import Measurement
+from ._measurement import Measurement, unmeasured
 from ._result import ResultProtocol
 from .metrics import Metric, get_metric
 
@@ -243,10 +243,14 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
     """The circuit kept alone (``ablate=False``) or removed alone, relative to the full model;
     the full and all-ablated baselines ride along in the same batched passes. A faithfulness
     also reads the ``SECONDARY`` metrics (circuit, full model, all ablated) from those passes
-    and carries ``trivial_warning``'s warning, if any, in ``details``."""
-    s = _setup(model, task, [circuit], *args)
-    names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
-    got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
+    and carries ``trivial_warning``'s warning, if any, in ``details``. An intervention the
+    machinery did not apply (``NotMeasurableError``) makes it not measurable."""
+    try:
+        s = _setup(model, task, [circuit], *args)
+        names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
+        got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
+    except NotMeasurableError as e:
+        return _unmeasured(kind, e, model, task, circuit, args[0], args[1], args[4], args[5])
     rows, base = got[:2]
     extra: dict[str, Any] = {}
     if names:
@@ -262,6 +266,16 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
             warnings.warn(CircuitCheckWarning(f"faithfulness of {circuit.name!r}: {warn}"),
                           stacklevel=3)
     return m
+
+
+def _unmeasured(kind: str, error: NotMeasurableError, model: Any, task: Task,
+                circuit: Circuit, ablation: str, metric: str, seed: int | None,
+                confidence: float) -> Measurement:
+    """The measurement of a claim whose interventions failed (see ``interventions._guard``)."""
+    return unmeasured(kind, str(error), len(task.prompts), metric=str(metric),
+                      ablation=f"{Ablation.parse(ablation).value}-ablated", confidence=confidence,
+                      seed=_settings.seed() if seed is None else int(seed), circuit=circuit,
+                      model=getattr(model, "cc_name", ""), task=task.name)
 
 
 def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
@@ -364,8 +378,12 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
     that never reaches 0, so "v does not matter" could never be shown). ``per_prompt`` and
     ``details["signed"]`` keep the sign: negative when removing v raises the metric.
     """
-    s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed,
-               confidence, batch_size)
+    try:
+        s = _setup(model, task, [circuit], ablation, metric, reference, "ratio", seed,
+                   confidence, batch_size)
+    except NotMeasurableError as e:
+        return Minimality({h: _unmeasured("minimality", e, model, task, circuit, ablation,
+                                          metric, seed, confidence) for h in circuit.heads})
     ks: dict[Head, tuple[Head, ...]] = {h: () for h in circuit.heads}
     for head, kset in (k_sets or {}).items():
         h = parse_head(head)
@@ -375,7 +393,11 @@ def minimality(model: Any, task: Task, circuit: Circuit, *,
     variants: list[Circuit] = []
     for h, k in ks.items():
         variants += [circuit.without(k), circuit.without(k + (h,))]
-    rows, base = _metric_rows(s, variants, [False] * len(variants), with_baselines=True)
+    try:
+        rows, base = _metric_rows(s, variants, [False] * len(variants), with_baselines=True)
+    except NotMeasurableError as e:
+        return Minimality({h: _unmeasured("minimality", e, model, task, circuit, ablation,
+                                          metric, seed, confidence) for h in ks})
     full = base["full"]
     den = abs(float(full.mean()))
     n = len(full)
