@@ -68,6 +68,11 @@ def assert_direct_effect(model: Any, task: Task, heads: Any, *, at_least: float,
     return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
+def _signed(x: float) -> str:
+    """``+0.123`` / ``-0.123``, and ``+0.000`` for what rounds to zero (never ``+-0.000``)."""
+    return "+0.000" if round(x, 3) == 0 else f"{x:+.3f}"
+
+
 def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
                                      over_random_by: float, name: str | None = None,
                                      allow_inconclusive: bool = False,
@@ -85,8 +90,8 @@ def assert_attention_ablation_effect(model: Any, task: Task, heads: Any, *,
                      "random heads")
     r = m.details["random_effects"]
     b = m.baselines
-    extra = [f"  ablated    {label}: loss +{b['chosen ablated'] - b['clean loss']:.3f} nats; "
-             f"{len(r)} random sets of as many heads: +{b['random ablated'] - b['clean loss']:.3f}"
+    extra = [f"  ablated    {label}: loss {_signed(b['chosen ablated'] - b['clean loss'])} nats; "
+             f"{len(r)} random sets of as many heads: {_signed(b['random ablated'] - b['clean loss'])}"
              f" on average (p = {m.details['p_value']:.3g} that random sets do as much)"]
     return _finish(claim, m, ">=", over_random_by, allow_inconclusive=allow_inconclusive,
                    extra=extra)

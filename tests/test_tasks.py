@@ -58,6 +58,36 @@ def test_ioi_custom_template_and_groups(bpe_model):
     assert bpe_model.to_string(c[enc.positions["S2"][0]].view(1)) == task.answers[0]
 
 
+def test_ioi_name_swap_swaps_every_occurrence(bpe_model):
+    """corrupt='swap-names' (the IOI notebook's): IO <-> S at every occurrence, all else equal;
+    'swap-s2' (and 'swap') only at S2."""
+    task = cc.tasks.ioi(bpe_model, n=6, seed=4, corrupt="swap-names")
+    s2 = cc.tasks.ioi(bpe_model, n=6, seed=4, corrupt="swap-s2")
+    assert s2.corrupted == cc.tasks.ioi(bpe_model, n=6, seed=4, corrupt="swap").corrupted
+    enc = task.encode(bpe_model)
+    for i in range(len(task)):
+        clean, c = enc.tokens[i, :enc.lengths[i]], bpe_model.to_tokens(task.corrupted[i])[0]
+        io, s = (int(bpe_model.to_tokens(t, prepend_bos=False)[0, 0])
+                 for t in (task.answers[i], task.wrong_answers[i]))
+        want = clean.clone()
+        want[enc.positions["IO"][i]] = s
+        want[enc.positions["S1"][i]] = io
+        want[enc.positions["S2"][i]] = io
+        assert c.tolist() == want.tolist()
+        only = bpe_model.to_tokens(s2.corrupted[i])[0]
+        assert int((only != clean).sum()) == 1 and int(only[enc.positions["S2"][i]]) == io
+
+
+def test_an_unknown_template_slot_is_named(bpe_model):
+    with pytest.raises(cc.TaskError, match=r"has the slot \{WHERE\}, which this task does not "
+                                           r"fill; its slots are \['\{IO\}', '\{OBJECT\}'"):
+        cc.tasks.ioi(bpe_model, templates=["Then, {S} and {IO} went to the {WHERE}. {S} gave "
+                                           "a {OBJECT} to"])
+    with pytest.raises(cc.TaskError, match="did you mean 'PLACE'"):
+        cc.tasks.ioi(bpe_model, templates=["Then, {S} and {IO} went to the {PLACES}. {S} gave "
+                                           "a {OBJECT} to"])
+
+
 def test_ioi_rejects_multi_token_names(bpe_model):
     with pytest.raises(cc.TaskError, match="single tokens.*Zyxwvutsrq"):
         cc.tasks.ioi(bpe_model, names=["Mary", "John", "Zyxwvutsrq", "Qqqqzzzz"])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..circuit import Circuit, Head, format_head, parse_head
+from ..errors import NotMeasurableError
 from ..stats import t_quantile
 from ._result import ResultProtocol, jsonable
 
@@ -89,7 +90,13 @@ def head_sweep(model: Any, task: Any, *, heads: Iterable[Any] | None = None,
     circuits = [Circuit({"ablated": [h]}) for h in swept]
     s = _setup(model, task, circuits, ablation, metric, reference, "ratio", 0, confidence,
                batch_size)
-    rows, base = _metric_rows(s, circuits, [True] * len(circuits), with_baselines=True)
+    L_H = (L, H)
+    try:
+        rows, base = _metric_rows(s, circuits, [True] * len(circuits), with_baselines=True)
+    except NotMeasurableError as exc:  # the machinery did not apply the ablations
+        nan = np.full(L_H, np.nan)
+        return HeadSweep(s.metric.name, s.values.describe(), float("nan"), nan, nan, nan,
+                         np.full((len(task.prompts),) + L_H, np.nan), confidence, str(exc))
     full = base["full"]  # [N]
     diff = rows - full[None, :]  # [V, N]
     n = diff.shape[1]

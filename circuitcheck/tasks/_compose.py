@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import TaskError, did_you_mean
 
 _SLOT = re.compile(r"( ?\{[A-Z_]+\})")
 
@@ -26,6 +26,11 @@ def fill(model: Any, template: str, values: dict[str, str]) -> tuple[str, dict[s
             continue
         lead = " " if piece.startswith(" ") else ""
         slot = piece.strip()[1:-1]
+        if slot not in values:
+            raise TaskError(
+                f"template {template!r} has the slot {{{slot}}}, which this task does not fill; "
+                f"its slots are {sorted('{' + k + '}' for k in values)}"
+                f"{did_you_mean(slot, list(values))}: fix the template's slot name")
         before = _count(model, text)
         text += lead + values[slot]
         after = _count(model, text)

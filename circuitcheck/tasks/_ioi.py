@@ -30,7 +30,7 @@ NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "Tom", "James", "Anna", "David
 PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "station", "park")
 OBJECTS = ("drink", "ring", "bone", "kiss", "book", "basketball", "computer", "necklace")
 
-CORRUPTIONS = ("abc", "swap", None)
+CORRUPTIONS = ("abc", "swap-names", "swap-s2", "swap", None)
 
 
 def ioi(model: Any, n: int = 100, *, seed: int = 0, templates: str | Sequence[str] = "mixed",
@@ -40,8 +40,10 @@ def ioi(model: Any, n: int = 100, *, seed: int = 0, templates: str | Sequence[st
     """``n`` IOI prompts from BABA, ABBA or mixed templates (or your own template strings).
 
     ``corrupt="abc"``: the counterfactual replaces the three name occurrences by three other
-    names (ABB -> XYZ), as the mean-ablation reference of Wang et al.; ``"swap"`` replaces S2
-    by the IO name (which flips the answer); ``None``: no counterfactual. Only names, places and
+    names (ABB -> XYZ), as the mean-ablation reference of Wang et al.; ``"swap-names"`` swaps
+    every occurrence of the two names (IO <-> S, as the IOI notebook's dataset does: the answer
+    becomes the other name); ``"swap-s2"`` (also ``"swap"``, its earlier name) replaces only S2
+    by the IO name (which flips the answer too); ``None``: no counterfactual. Only names, places and
     objects that are single tokens for ``model`` are used; too few is an error.
     ``drop_templates``: template group names (``"BABA-3"``, ``"ABBA-1"``, ``"custom-0"``) left
     out, e.g. one the model fails on (see ``cc.task_quality``); the others keep their names and
@@ -90,8 +92,10 @@ def ioi(model: Any, n: int = 100, *, seed: int = 0, templates: str | Sequence[st
         positions["S2"].append(where["S"][1])
         if corrupt == "abc":
             corrupted.append(_abc(model, template, values, (x, y, z)))
-        elif corrupt == "swap":
+        elif corrupt in ("swap", "swap-s2"):
             corrupted.append(_swap_s2(model, template, values))
+        elif corrupt == "swap-names":
+            corrupted.append(fill(model, template, {**values, "IO": s, "S": io})[0])
     return Task(prompts=prompts, answers=answers, wrong_answers=wrong,
                 corrupted=corrupted or None, positions=positions, groups=groups,
                 name=f"ioi-{templates if isinstance(templates, str) else 'custom'}",
