@@ -472,7 +472,8 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     ok = v == HOLDS
     entry = {"claim": claim, "kind": "selection", "verdict": v,
              "op": primary[2], "threshold": primary[3], "heads": [list(h) for h in heads],
-             "measurement": m.to_dict(),
+             "measurement": m.to_dict(), "retained": m.details["retained"],
+             "ablated": m.details["ablated"],
              "message": f"selected {label} ({how} by {by}): retained {interval(kept)}, "
                         f"ablated {interval(removed)} of the full model"}
 

@@ -284,7 +284,8 @@ def assert_head_sweep(model: Any, task: Task, heads: Any, *, drop_at_least: floa
         return "\n".join(lines)
 
     entry = {"claim": claim, "kind": "head sweep", "verdict": v, "op": ">=", "threshold": bound,
-             "heads": [list(h) for h in claimed], "measurement": m.to_dict()}
+             "heads": [list(h) for h in claimed], "measurement": m.to_dict(),
+             "strongest_other": m.details["strongest_other"]}
     _conclude(entry, v == HOLDS or (v == INCONCLUSIVE and allow_inconclusive), story)
     return sw
 

@@ -551,4 +551,4 @@ def test_selection_is_decided_by_intervals(planted):
     record = records[-1]
     assert record["verdict"] == "held"
     lo, hi = record["measurement"]["ci"]
-    assert 0.9 <= lo < hi and record["measurement"]["details"]["ablated"]["ci"][1] <= 0.1
+    assert 0.9 <= lo < hi and record["ablated"]["ci"][1] <= 0.1

@@ -118,6 +118,32 @@ def test_patch_heads_equals_loop(tiny, task_for, component):
     assert got.normalization == "(patched - corrupted) / (clean - corrupted)"
 
 
+def test_raw_logit_grid_equals_a_plain_loop(tiny, task_for):
+    """metric='logit': the grid's raw (un-normalised) cells are the patched runs' mean answer
+    logit, and its values the same runs normalised; attribution reads the same metric."""
+    task = task_for(tiny)
+    enc = task.encode(tiny)
+    got = P.patch_heads(tiny, task, component="z", metric="logit")
+    layer, u = tiny.cfg.n_layers - 1, 0
+    name = HEAD_HOOK.format(layer, "z")
+    patched, clean, corr = [], [], []
+    for i in range(enc.n):
+        src = _cache(tiny, _ids(enc, i, "clean"))[1][name]
+
+        def hook(x, hook, src=src):
+            x = x.clone()
+            x[:, :, u] = src[:, :, u]
+            return x
+        patched.append(float(_run(tiny, _ids(enc, i, "corr"), [(name, hook)])[0, -1, enc.answers[i]]))
+        clean.append(float(_cache(tiny, _ids(enc, i, "clean"))[0][0, -1, enc.answers[i]]))
+        corr.append(float(_cache(tiny, _ids(enc, i, "corr"))[0][0, -1, enc.answers[i]]))
+    assert got.raw[layer, u] == pytest.approx(np.mean(patched), abs=1e-4)
+    want = (np.mean(patched) - np.mean(corr)) / (np.mean(clean) - np.mean(corr))
+    assert got.values[layer, u] == pytest.approx(want, abs=1e-4, rel=1e-3)
+    att = P.attribution_patch_heads(tiny, task, component="z", metric="logit")
+    assert np.isfinite(att.values).all() and np.isnan(att.raw).all()  # estimates: no raw runs
+
+
 def test_noising_and_named_positions_equal_loop(tiny, task_for):
     task = task_for(tiny)
     enc = task.encode(tiny)

@@ -133,8 +133,10 @@ register(ClaimKind(
             Param("by", TEXT), Param("trials", INT), Param("keep_prob", NUMBER),
             Param("exclusion_keep_prob", NUMBER), Param("ablation", TEXT),
             Param("metric", TEXT), Param("reference", TEXT)),
-    verdict="held when both fractions (point values) meet their bounds",
-    records="selection", figures=("heatmap", "bars"),
+    verdict=("held when every given fraction's interval (over prompts; for top-1 at least "
+             "its Wilson interval) is past its bound, failed when one is wholly short, "
+             "inconclusive otherwise"),
+    records="selection", figures=("histogram", "heatmap", "bars"),
     example={"top": 2, "retained_at_least": 0.9, "ablated_at_most": 0.1, "trials": 2048,
              "ablation": "mean", "metric": "top1"}))
 

@@ -83,6 +83,20 @@ class PatchGrid(ResultProtocol):
 
     ci_high = ci_low
 
+    @property
+    def raw(self) -> np.ndarray:
+        """The un-normalised grid: the patched runs' mean metric per cell (e.g. the answer's
+        raw logit with ``metric="logit"``, as the induction notebook plots it); NaN where the
+        cell was not patched exactly (a screened or subset grid) or has no prompts."""
+        if self.per_prompt is None:
+            return nan_like(self.values)
+        import warnings
+
+        with warnings.catch_warnings():  # a cell with no prompts is NaN, said above
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(self.per_prompt, axis=-1)
+        return np.where(self.exact, mean, np.nan)
+
     def table(self):
         """One row per cell: its coordinates and value."""
         import pandas as pd

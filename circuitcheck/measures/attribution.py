@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: Metrics with a gradient, for attribution patching.
-DIFFERENTIABLE = ("logit_diff", "logprob", "prob", "prob_diff")
+DIFFERENTIABLE = ("logit_diff", "logit", "logprob", "prob", "prob_diff")
 
 
 def _torch_metric(name: str, logits: "torch.Tensor", enc: EncodedTask,
@@ -32,6 +32,8 @@ def _torch_metric(name: str, logits: "torch.Tensor", enc: EncodedTask,
     ans = enc.answers[prompts].to(logits.device)
     if name == "logit_diff":
         return logits[sel, ans] - logits[sel, enc.wrong[prompts].to(logits.device)]
+    if name == "logit":
+        return logits[sel, ans]
     logprob = logits.log_softmax(-1)
     if name == "logprob":
         return logprob[sel, ans]

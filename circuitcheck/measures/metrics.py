@@ -41,6 +41,8 @@ METRICS: dict[str, Metric] = {
     for m in [
         Metric("logit_diff", "logit(answer) - logit(wrong_answer) at 'end'", _logit_diff, True,
                reads=("logit", "wrong_logit")),
+        Metric("logit", "logit(answer) at 'end' (raw, as the induction notebook reads it)",
+               lambda r: r.logit.numpy().astype(float), reads=("logit",)),
         Metric("prob", "p(answer) at 'end'", lambda r: r.logprob.exp().numpy().astype(float),
                reads=("logprob",)),
         Metric("logprob", "log p(answer) at 'end'", lambda r: r.logprob.numpy().astype(float),
