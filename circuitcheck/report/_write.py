@@ -112,7 +112,7 @@ def write_report(directory: str | Path, results: list[dict[str, Any]], *,
 def _keep_previous(out: Path, results: list[dict[str, Any]]) -> tuple[Path, list[str]] | None:
     """Move the report in ``out`` aside when it has claims ``results`` lacks; return where
     and those claims' keys (None when this run covers all of it or there is none)."""
-    from .baseline import record_key
+    from ._keys import record_key
 
     old_json = out / "results.json"
     try:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CircuitCheckError
+from ._keys import record_key
 
 BASELINE_SCHEMA_VERSION = 1
 DEFAULT_FLOOR = 0.05
@@ -40,16 +41,6 @@ _BULKY = ("per_prompt", "heatmaps", "points", "bars")
 
 class BaselineError(CircuitCheckError, ValueError):
     """A baseline file that cannot be read (path and offending record in the message)."""
-
-
-def record_key(record: dict[str, Any]) -> str:
-    """The key a claim record is matched by, independent of the directory pytest ran from:
-    ``file name::test::claim`` (``#k`` added for a repeated claim in one test)."""
-    nodeid = str(record.get("nodeid", ""))
-    file, sep, rest = nodeid.partition("::")
-    file = file.replace("\\", "/").rsplit("/", 1)[-1]
-    k = record.get("occurrence", 1)
-    return f"{file}{sep}{rest}::{record['claim']}" + (f"#{k}" if k and k > 1 else "")
 
 
 def provenance_changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
