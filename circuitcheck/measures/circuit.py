@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
+from ..edge_circuit import EdgeCircuit, all_edges
 from ..errors import CircuitCheckError, CircuitCheckWarning
 from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
 from ..stats import bootstrap_ci, wilson_ci
@@ -54,7 +55,9 @@ class _Setup:
 
 def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, metric: str,
            reference: str | None, normalize: str, seed: int | None, confidence: float,
-           batch_size: int | None) -> _Setup:
+           batch_size: int | None, *, values: Any = None) -> _Setup:
+    """Validate and encode once; ``values`` (e.g. an edge circuit's reference outputs,
+    built by ``values(enc)``) replaces the heads' ablation values."""
     from .. import _validate
 
     if not isinstance(task, Task):
@@ -77,8 +80,12 @@ def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, m
             raise CircuitCheckError(f"metric {m.name!r} is 0 for the full model, so a ratio to it "
                                     "is undefined; use normalize='ablated' (or 'corrupted')")
         ref = final_logprobs(model, enc, batch_size=batch_size)
-    with_mlp = any(c.mlps is not None for c in circuits)
-    values = ablation_values(model, enc, Ablation.parse(ablation), reference, with_mlp=with_mlp)
+    if values is not None:
+        values = values(enc)
+    else:
+        with_mlp = any(c.mlps is not None for c in circuits)
+        values = ablation_values(model, enc, Ablation.parse(ablation), reference,
+                                 with_mlp=with_mlp)
     return _Setup(model, task, enc, m, values, normalize,
                   _settings.seed() if seed is None else seed, confidence, batch_size, ref)
 
@@ -166,7 +173,7 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
                    "noise; check the task, answers and model")
     elif kind in ("faithfulness", "necessity") and circuit is not None and \
             ablates_nothing(s.model, circuit, kind == "necessity"):
-        problem = _nothing_ablated(kind, kind == "necessity")
+        problem = _nothing_ablated(kind, kind == "necessity", isinstance(circuit, EdgeCircuit))
     elif den < 0:
         problem = (f"the full model's {s.metric.name} ({full.mean():.3g}) is below {ref} "
                    f"({b:.3g}), so the ratio's direction is reversed; for logprob use "
@@ -196,8 +203,14 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
 
 def ablates_nothing(model: Any, circuit: Circuit, ablate: bool) -> bool:
     """Whether keeping only ``circuit`` (``ablate=False``) or removing it (``True``) leaves
-    every head and MLP of ``model`` as it is: then the ratio is 1 by construction."""
+    every head and MLP of ``model`` as it is (an edge circuit: every edge): then the ratio is
+    1 by construction."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    if isinstance(circuit, EdgeCircuit):
+        if ablate:
+            return not circuit.edges
+        everywhere = {(e.sender, e.receiver, e.qkv) for e in circuit.edges if e.position is None}
+        return all((e.sender, e.receiver, e.qkv) in everywhere for e in all_edges(L, H))
     if ablate:
         return not circuit.heads and not circuit.mlps
     everywhere = {h for h, p in circuit.placements() if p is None}
@@ -205,10 +218,14 @@ def ablates_nothing(model: Any, circuit: Circuit, ablate: bool) -> bool:
     return len(everywhere) == L * H and mlps_kept
 
 
-def _nothing_ablated(kind: str, ablate: bool) -> str:
+def _nothing_ablated(kind: str, ablate: bool, edges: bool = False) -> str:
     what, fix = (("removes no head and no MLP", "name the heads whose removal is claimed")
                  if ablate else ("keeps every head at every position (and every MLP)",
                                  "claim a circuit smaller than the model"))
+    if edges:
+        what, fix = (("removes no edge", "name the edges whose removal is claimed") if ablate
+                     else ("keeps every edge of the graph at every position",
+                           "claim a circuit smaller than the graph"))
     return (f"the circuit {what}, so nothing is ablated and the {kind} is 1 by construction: "
             f"nothing is measured; {fix} (the full model's own metric is in the baselines)")
 
@@ -238,15 +255,20 @@ def trivial_warning(value: float, metric: str, top1: Mapping[str, float] | None,
             "the primary metric - compare smaller circuits and the secondary metrics")
 
 
-def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Circuit,
-                   *args: Any) -> Measurement:
+def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task,
+                   circuit: "Circuit | EdgeCircuit", *args: Any) -> Measurement:
     """The circuit kept alone (``ablate=False``) or removed alone, relative to the full model;
     the full and all-ablated baselines ride along in the same batched passes. A faithfulness
     also reads the ``SECONDARY`` metrics (circuit, full model, all ablated) from those passes
-    and carries ``trivial_warning``'s warning, if any, in ``details``."""
-    s = _setup(model, task, [circuit], *args)
-    names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
-    got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
+    and carries ``trivial_warning``'s warning, if any, in ``details``. An ``EdgeCircuit`` is
+    measured by edge patching (``edge_faithfulness``)."""
+    if isinstance(circuit, EdgeCircuit):
+        from .edge_faithfulness import edge_circuit_rows
+        s, names, got = edge_circuit_rows(kind, ablate, model, task, circuit, *args)
+    else:
+        s = _setup(model, task, [circuit], *args)
+        names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
+        got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
     rows, base = got[:2]
     extra: dict[str, Any] = {}
     if names:
@@ -264,7 +286,8 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
     return m
 
 
-def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+def faithfulness(model: Any, task: Task, circuit: "Circuit | EdgeCircuit", *,
+                 ablation: str = "mean",
                  metric: str = "logit_diff", reference: str | None = None,
                  normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
                  batch_size: int | None = None) -> Measurement:
@@ -273,16 +296,20 @@ def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "m
     Everything outside the circuit (and each positioned group outside its position) is
     ablated with ``ablation`` (zero, mean, mean-by-template, resample); ``reference`` picks the
     prompts the means are taken over (default: corrupted when the task has them).
+    An ``EdgeCircuit`` keeps only its edges: every other edge's receiver reads the sender's
+    ablated output (edge patching, ``circuitcheck.interventions.edges``).
     """
     return _circuit_ratio("faithfulness", False, model, task, circuit, ablation, metric,
                           reference, normalize, seed, confidence, batch_size)
 
 
-def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+def necessity(model: Any, task: Task, circuit: "Circuit | EdgeCircuit", *,
+              ablation: str = "mean",
               metric: str = "logit_diff", reference: str | None = None,
               normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
               batch_size: int | None = None) -> Measurement:
-    """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept."""
+    """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept (an
+    ``EdgeCircuit``: its edges patched, every other edge kept)."""
     return _circuit_ratio("necessity", True, model, task, circuit, ablation, metric,
                           reference, normalize, seed, confidence, batch_size)
 
