@@ -18,6 +18,9 @@ from .conftest import own_task
 
 ABLATIONS = ("zero", "mean", "mean-by-template", "resample")
 NODE = cc.Circuit({"kept": [(0, 1), (1, 2), (1, 3)]})
+#: a positioned group: its edges carry its position (see ``EdgeCircuit.from_nodes``)
+POSITIONED = cc.Circuit({"early": [(0, 1), (0, 2)], "late": [(1, 2), (1, 3)]},
+                        positions={"early": "mid"})
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +49,12 @@ def _same(a, b):
         assert b.baselines[k] == pytest.approx(v, abs=1e-4)
 
 
+@pytest.mark.parametrize("circuit", [NODE, POSITIONED], ids=["heads", "positioned"])
 @pytest.mark.parametrize("ablation", ABLATIONS)
-def test_edge_faithfulness_equals_node_faithfulness(tiny, task_of, ablation):
+def test_edge_faithfulness_equals_node_faithfulness(tiny, task_of, ablation, circuit):
     task = task_of(tiny)
-    edges = EdgeCircuit.from_nodes(tiny, NODE)
-    node = _quiet(cc.faithfulness, tiny, task, NODE, ablation=ablation)
+    edges = EdgeCircuit.from_nodes(tiny, circuit)
+    node = _quiet(cc.faithfulness, tiny, task, circuit, ablation=ablation)
     edge = _quiet(cc.faithfulness, tiny, task, edges, ablation=ablation)
     assert node.problem is None
     _same(node, edge)
