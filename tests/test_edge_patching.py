@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import circuitcheck as cc
-from circuitcheck.edge_circuit import Edge, EdgeCircuit, all_edges, node_layer
+from circuitcheck.edge_circuit import Edge, EdgeCircuit, all_edges
 from circuitcheck.errors import CircuitError
 
 from .conftest import own_task
@@ -270,4 +270,45 @@ def test_gqa_kv_edges_that_differ_in_a_group_are_refused(model_dirs, monkeypatch
     fine = EdgeCircuit(["input->a1.h0<k>", "a1.h0->logits", "input->logits"])
     from circuitcheck.interventions.edges import EdgeVariants
     EdgeVariants.from_circuits(llama, [fine])
-    assert node_layer("a1.h1")[0] == "head"
+
+
+# -- a known circuit, and the fast kernels ------------------------------------------------
+
+PATH = ["input->a0.h2<q>", "input->a0.h2<k>", "input->a0.h2<v>", "a0.h2->a1.h1<k>",
+        "input->a1.h1<q>", "input->a1.h1<v>", "a1.h1->logits", "input->logits",
+        "input->m0", "input->m1", "m0->m1", "m0->logits", "m1->logits", "a0.h2->m0",
+        "a0.h2->m1", "a1.h1->m1", "m0->a1.h1<q>", "m0->a1.h1<k>", "m0->a1.h1<v>"]
+
+
+def test_planted_induction_needs_its_k_composition_edge():
+    # zoo:planted's induction head 1.1 finds its target through the keys 0.2 writes
+    model = cc.load_model("zoo:planted", device="cpu")
+    task = cc.tasks.induction(model, n=16, seq_len=12, seed=0)
+    node = cc.Circuit({"previous token": ["0.2"], "induction": ["1.1"]})
+    _same(_quiet(cc.faithfulness, model, task, node),
+          _quiet(cc.faithfulness, model, task, EdgeCircuit.from_nodes(model, node)))
+    path = _quiet(cc.faithfulness, model, task, EdgeCircuit(PATH))
+    cut = _quiet(cc.faithfulness, model, task,
+                 EdgeCircuit([e for e in PATH if e != "a0.h2->a1.h1<k>"]))
+    assert path.ci[0] > 0.9 and cut.ci[1] < 0.5, (path.ci, cut.ci)
+
+
+def test_fast_kernels_do_not_change_edge_patching(tiny, task_of):
+    from circuitcheck import fastpath
+    from circuitcheck.interventions.edges import (EdgeVariants, edge_reference,
+                                                  run_edge_variants)
+
+    task = task_of(tiny)
+    enc = task.encode(tiny)
+    rng = random.Random(3)
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    circuits = [_random_circuit(rng, L, H, 0.6, True), EdgeCircuit.full(tiny)]
+    if getattr(tiny.cfg, "n_key_value_heads", None) not in (None, H):
+        circuits[0] = EdgeCircuit.from_nodes(tiny, POSITIONED)  # random k/v edges: refused
+    ref = edge_reference(tiny, enc, "mean")
+    variants = EdgeVariants.from_circuits(tiny, circuits)
+    fast = run_edge_variants(tiny, enc, variants, ref)
+    with fastpath.disabled(tiny):
+        slow = run_edge_variants(tiny, enc, variants, ref)
+    assert np.allclose(fast.logit, slow.logit, atol=1e-4)
+    assert np.allclose(fast.logprob, slow.logprob, atol=1e-4)

@@ -27,8 +27,8 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, node_layer, receiver_index,
-                            receiver_names, reads_upto, sender_index, sender_names)
+from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, reads_upto, receiver_index,
+                            sender_index, sender_names)
 from ..errors import CircuitCheckError, CircuitError, TaskError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
@@ -316,43 +316,41 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
     if pos_table is not None:
         at = (torch.arange(P)[None, :, None] == pos_table[p_idx][:, None, :])  # [B, P, K]
     table_rows = ref.row_of[p_idx].to(device)
-    deltas: list[torch.Tensor] = []  # in sender order: [B, P, n, d] blocks
+    S = n_senders(L, H)
+    # (reference - current) of every sender, in sender order, written as the pass goes
+    buf: dict[str, torch.Tensor] = {}
     per_layer = 3 * H + 1
 
-    def reference(block: int, lo: int, hi: int) -> "torch.Tensor | None":
-        if ref.blocks is None:
-            return None
-        return ref.blocks[block][table_rows, :P, lo:hi]
-
-    def sender(block: int, lo: int, hi: int, W_O: "torch.Tensor | None" = None):
-        r = reference(block, lo, hi)
+    def sender(start: int, block: int, lo: int, hi: int, W_O: "torch.Tensor | None" = None):
+        r = None if ref.blocks is None else ref.blocks[block][table_rows, :P, lo:hi]
 
         def hook(x: torch.Tensor, hook: Any) -> None:
             cur = x[:, :, None] if W_O is None else torch.einsum("bphe,hed->bphd", x,
                                                                  W_O.to(x.dtype))
-            deltas.append(-cur if r is None else r.to(cur.dtype) - cur)
+            if "d" not in buf:
+                buf["d"] = cur.new_zeros(cur.shape[0], cur.shape[1], S, cur.shape[-1])
+            buf["d"][:, :, start:start + cur.shape[2]] = -cur if r is None else r.to(cur.dtype) - cur
         return hook
-
-    def delta_upto(send: int) -> torch.Tensor:
-        d = torch.cat(deltas, 2) if len(deltas) > 1 else deltas[0]
-        assert d.shape[2] >= send
-        return d[:, :, :send]
 
     def receiver(recv: slice, send: int, heads: bool):
         mask = _patched_mask(variants, v_idx, recv, send, at, dtype, device)
+        if not bool(mask.any()):
+            return None  # no row of this batch patches an edge into these receivers
+        if not heads:
+            mask = mask[..., 0]
 
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            d = delta_upto(send).to(x.dtype)
+            d = buf["d"][:, :, :send].to(x.dtype)
             m = mask.to(x.dtype)
             if heads:
                 spec = "bpsd,bpsh->bphd" if m.dim() == 4 else "bpsd,bsh->bphd"
-                return x + torch.einsum(spec, d, m)
-            m = m[..., 0]
-            spec = "bpsd,bps->bpd" if m.dim() == 3 else "bpsd,bs->bpd"
+            else:
+                spec = "bpsd,bps->bpd" if m.dim() == 3 else "bpsd,bs->bpd"
             return x + torch.einsum(spec, d, m)
         return hook
 
-    hooks: list = [("blocks.0.hook_resid_pre", sender(0, 0, 1))]
+    hooks: list = [("blocks.0.hook_resid_pre", sender(0, 0, 0, 1))]
+    receivers: list = []
     for l in range(L):
         send = 1 + l * (H + 1)
         base = l * per_layer
@@ -362,15 +360,16 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
                 recv = slice(lo, lo + H)
             else:  # one query head per key/value head speaks for it (see _align_groups)
                 recv = slice(lo, lo + H, group)
-            hooks.append((f"blocks.{l}.hook_{x}_input", receiver(recv, send, True)))
+            receivers.append((f"blocks.{l}.hook_{x}_input", receiver(recv, send, True)))
         hooks.append((f"blocks.{l}.attn.hook_z",
-                      sender(l + 1, 0, H, model.blocks[l].attn.W_O)))
-        hooks.append((f"blocks.{l}.ln2.hook_in",
-                       receiver(slice(base + 3 * H, base + 3 * H + 1), send + H, False)))
-        hooks.append((f"blocks.{l}.hook_mlp_out", sender(l + 1, H, H + 1)))
+                      sender(send, l + 1, 0, H, model.blocks[l].attn.W_O)))
+        receivers.append((f"blocks.{l}.ln2.hook_in",
+                          receiver(slice(base + 3 * H, base + 3 * H + 1), send + H, False)))
+        hooks.append((f"blocks.{l}.hook_mlp_out", sender(send + H, l + 1, H, H + 1)))
     R = n_receivers(L, H)
-    hooks.append(("ln_final.hook_in", receiver(slice(R - 1, R), n_senders(L, H), False)))
-    return hooks
+    receivers.append(("ln_final.hook_in", receiver(slice(R - 1, R), S, False)))
+    receivers = [(n, h) for n, h in receivers if h is not None]
+    return (hooks + receivers) if receivers else []
 
 
 __all__ = ["EdgeReference", "EdgeVariants", "edge_reference", "kv_groups", "run_edge_variants",
