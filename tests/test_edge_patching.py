@@ -312,3 +312,13 @@ def test_fast_kernels_do_not_change_edge_patching(tiny, task_of):
         slow = run_edge_variants(tiny, enc, variants, ref)
     assert np.allclose(fast.logit, slow.logit, atol=1e-4)
     assert np.allclose(fast.logprob, slow.logprob, atol=1e-4)
+
+
+def test_assert_faithful_tells_an_edge_circuits_story(tiny, task_of):
+    task = task_of(tiny)
+    with pytest.raises(AssertionError) as info:
+        _quiet(cc.assert_faithful, tiny, task, cc.EdgeCircuit(["input->logits"], name="direct"),
+               at_least=0.99, ablation="zero")
+    text = str(info.value)
+    assert text.startswith("claim 'direct is faithful' FAILED") or "INCONCLUSIVE" in text
+    assert "direct: 1 edge among 2 nodes; kept, complement edges zero-patched" in text

@@ -15,7 +15,7 @@ from ..edge_circuit import EdgeCircuit
 from ..errors import CircuitCheckError
 from ..interventions.edges import EdgeVariants, edge_reference, run_edge_variants
 from ..tasks import Task
-from .circuit import SECONDARY, _baselines, _setup
+from ._circuit_setup import SECONDARY, _baselines, _setup
 from .metrics import get_metric
 
 
