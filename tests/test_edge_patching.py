@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import circuitcheck as cc
-from circuitcheck.edge_circuit import Edge, EdgeCircuit, all_edges
+from circuitcheck.edge_circuit import Edge, EdgeCircuit, all_edges, node_layer
 from circuitcheck.errors import CircuitError
 
 from .conftest import own_task
@@ -155,8 +155,10 @@ def _plain_logit_diff(model, toks, ref, patched_at, answer, wrong):
     def heads_in(layer, qkv):
         def hook(x, hook):
             x = x.clone()
-            for h in range(H):
-                x[0, :, h] = add(x[0, :, h], f"a{layer}.h{h}", qkv, senders_before(layer, False))
+            group = H // x.shape[2]  # k/v on grouped-query attention: one input per group
+            for u in range(x.shape[2]):
+                x[0, :, u] = add(x[0, :, u], f"a{layer}.h{u * group}", qkv,
+                                 senders_before(layer, False))
             return x
         return hook
 
@@ -182,51 +184,76 @@ def _plain_logit_diff(model, toks, ref, patched_at, answer, wrong):
     return float(logits[answer] - logits[wrong])
 
 
-def _random_circuit(rng, L, H, keep, input_kept=None):
+def _random_circuit(rng, L, H, keep, input_kept=None, group=1):
     """Random edges, some at position 'mid'; ``input_kept``: True puts every edge out of
-    ``input`` in (kept), False leaves them all out (with ablate: kept)."""
-    edges = []
+    ``input`` in (kept), False leaves them all out (with ablate: kept). With ``group`` > 1
+    the query heads of a group get the same k/v edges (grouped-query attention)."""
+    edges, chosen = [], {}
     for e in all_edges(L, H):
         if e.sender == "input" and input_kept is not None:
             if input_kept:
                 edges.append(e)
             continue
-        if rng.random() < keep:
-            edges.append(Edge(e.sender, e.receiver, e.qkv,
-                              "mid" if rng.random() < 0.3 else None))
+        kind, layer, head = node_layer(e.receiver)
+        if group > 1 and e.qkv in ("k", "v") and head % group:
+            pick = chosen[(e.sender, f"a{layer}.h{head - head % group}", e.qkv)]
+        else:
+            pick = (rng.random() < keep, "mid" if rng.random() < 0.3 else None)
+            chosen[(e.sender, e.receiver, e.qkv)] = pick
+        if pick[0]:
+            edges.append(Edge(e.sender, e.receiver, e.qkv, pick[1]))
     return EdgeCircuit(edges)
+
+
+@pytest.fixture(scope="module")
+def llama(model_dirs):
+    return cc.load_model(model_dirs["llama"], device="cpu")
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), keep=st.sampled_from([0.2, 0.6, 0.9]),
        ablation=st.sampled_from(["zero", "resample"]))
 def test_batched_engine_equals_a_plain_loop(gpt2, seed, keep, ablation):
+    _check_against_plain_loop(gpt2, seed, keep, ablation)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), keep=st.sampled_from([0.3, 0.8]),
+       ablation=st.sampled_from(["zero", "resample"]))
+def test_batched_engine_equals_a_plain_loop_on_grouped_query_attention(llama, seed, keep,
+                                                                      ablation):
+    _check_against_plain_loop(llama, seed, keep, ablation)
+
+
+def _check_against_plain_loop(model, seed, keep, ablation):
+    """Three random edge sets (kept or patched) x 5 prompts in batches of 4 rows, against
+    one plain forward per (edge set, prompt)."""
     import torch
 
-    from circuitcheck.interventions.edges import (EdgeVariants, edge_reference,
+    from circuitcheck.interventions.edges import (EdgeVariants, edge_reference, kv_groups,
                                                   run_edge_variants)
 
     rng = random.Random(seed)
-    L, H = gpt2.cfg.n_layers, gpt2.cfg.n_heads
-    task = own_task(gpt2, n=5, seed=seed % 7)
-    enc = task.encode(gpt2)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    task = own_task(model, n=5, seed=seed % 7)
+    enc = task.encode(model)
     ablate = [rng.random() < 0.5 for _ in range(3)]
     # zero patching every edge into a receiver leaves its input ~0 (rounding noise), which
     # its norm scales up by 1/sqrt(eps): a 1e-6 change moved such a metric by 0.1 (measured),
     # so under zero ablation the embeddings' edges are kept and every input is well away from 0
-    circuits = [_random_circuit(rng, L, H, keep, None if ablation != "zero" else not a)
-                for a in ablate]
-    ref_table = edge_reference(gpt2, enc, ablation)
-    got = run_edge_variants(gpt2, enc, EdgeVariants.from_circuits(gpt2, circuits, ablate),
+    circuits = [_random_circuit(rng, L, H, keep, None if ablation != "zero" else not a,
+                                kv_groups(model)) for a in ablate]
+    ref_table = edge_reference(model, enc, ablation)
+    got = run_edge_variants(model, enc, EdgeVariants.from_circuits(model, circuits, ablate),
                             ref_table, reads=("logit", "wrong_logit"), batch_size=4)
     batched = (got.logit - got.wrong_logit).numpy()
     for i in range(enc.n):
         P = int(enc.lengths[i])
         toks = enc.tokens[i:i + 1, :P]
         if ablation == "zero":
-            ref = {k: torch.zeros_like(v) for k, v in _outputs(gpt2, toks).items()}
+            ref = {k: torch.zeros_like(v) for k, v in _outputs(model, toks).items()}
         else:
-            ref = _outputs(gpt2, enc.corrupted[i:i + 1, :P])
+            ref = _outputs(model, enc.corrupted[i:i + 1, :P])
         mid = torch.arange(P) == int(enc.positions["mid"][i])
         for v, c in enumerate(circuits):
             kept_at = {}
@@ -237,7 +264,7 @@ def test_batched_engine_equals_a_plain_loop(gpt2, seed, keep, ablation):
             for e in all_edges(L, H):
                 k = kept_at.get((e.sender, e.receiver, e.qkv), torch.zeros(P, dtype=torch.bool))
                 patched[(e.sender, e.receiver, e.qkv)] = (k if ablate[v] else ~k).float()
-            plain = _plain_logit_diff(gpt2, toks, ref, patched, int(enc.answers[i]),
+            plain = _plain_logit_diff(model, toks, ref, patched, int(enc.answers[i]),
                                       int(enc.wrong[i]))
             assert batched[v, i] == pytest.approx(plain, abs=1e-4), (v, i, ablate[v])
 
