@@ -210,14 +210,16 @@ def llama(model_dirs):
     return cc.load_model(model_dirs["llama"], device="cpu")
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), keep=st.sampled_from([0.2, 0.6, 0.9]),
        ablation=st.sampled_from(["zero", "resample"]))
 def test_batched_engine_equals_a_plain_loop(gpt2, seed, keep, ablation):
     _check_against_plain_loop(gpt2, seed, keep, ablation)
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), keep=st.sampled_from([0.3, 0.8]),
        ablation=st.sampled_from(["zero", "resample"]))
 def test_batched_engine_equals_a_plain_loop_on_grouped_query_attention(llama, seed, keep,

@@ -136,12 +136,11 @@ def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int) -> bo
     s = sender_index(f"a{layer}.h{head}", H)
     R = n_receivers(L, H)
     readers = [r for r in range(R) if s < reads_upto(r, L, H)]
-    sel_any = var.sel_all[v, readers, s]
-    if var.sel_at is not None:
-        sel_any = sel_any | var.sel_at[v, readers, s].any(-1)
-    if bool(var.invert[v]):  # kept unless selected; dead only if every out-edge is patched
-        return not bool(var.sel_all[v, readers, s].all())
-    return bool(sel_any.any())
+    everywhere = var.sel_all[v, readers, s]
+    if bool(var.invert[v]):  # kept unless selected: dead only if patched everywhere
+        return not bool(everywhere.all())
+    somewhere = everywhere if var.sel_at is None else everywhere | var.sel_at[v, readers, s].any(-1)
+    return bool(somewhere.any())
 
 
 @dataclass(frozen=True, eq=False)
@@ -329,7 +328,8 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
                                                                  W_O.to(x.dtype))
             if "d" not in buf:
                 buf["d"] = cur.new_zeros(cur.shape[0], cur.shape[1], S, cur.shape[-1])
-            buf["d"][:, :, start:start + cur.shape[2]] = -cur if r is None else r.to(cur.dtype) - cur
+            delta = -cur if r is None else r.to(cur.dtype) - cur
+            buf["d"][:, :, start:start + cur.shape[2]] = delta
         return hook
 
     def receiver(recv: slice, send: int, heads: bool):
