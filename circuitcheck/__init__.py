@@ -20,6 +20,7 @@ _LAZY = {
     "Task": "circuitcheck.tasks",
     "tasks": "circuitcheck.tasks",
     "Circuit": "circuitcheck.circuit",
+    "EdgeCircuit": "circuitcheck.edge_circuit",
     "Ablation": "circuitcheck.interventions",
     "Measurement": "circuitcheck.measures",
     "Minimality": "circuitcheck.measures",

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _claims
 from .circuit import Circuit, format_head, parse_head
+from .edge_circuit import EdgeCircuit
 from .errors import CircuitError
 from .measures import (Measurement, compare_selection, equivalence, faithfulness, head_drops,
                        head_scores, localization, minimality_test, necessity,
@@ -125,8 +126,10 @@ def assert_faithful(model: Any, task: Task, circuit: Circuit, *, at_least: float
     at_least = _check_threshold(at_least, "at_least")
     m = faithfulness(model, task, circuit, **kwargs)
     drop_kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "confidence")}
-    return _finish(name or f"{circuit.name} is faithful", m, ">=", at_least,
-                   lambda: head_drops(model, task, circuit, **drop_kwargs), allow_inconclusive)
+    drops = None if isinstance(circuit, EdgeCircuit) else (  # per-head drops: node circuits
+        lambda: head_drops(model, task, circuit, **drop_kwargs))
+    return _finish(name or f"{circuit.name} is faithful", m, ">=", at_least, drops,
+                   allow_inconclusive)
 
 
 def assert_necessary(model: Any, task: Task, circuit: Circuit, *, at_most: float,

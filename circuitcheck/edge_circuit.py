@@ -301,9 +301,12 @@ class EdgeCircuit:
 
     @classmethod
     def from_nodes(cls, model: Any, circuit: Any, name: str | None = None) -> "EdgeCircuit":
-        """Every edge of a node ``cc.Circuit``: every edge among the nodes a node circuit keeps: its heads, its MLPs (all of them
-        when ``circuit.mlps`` is None), ``input`` and ``logits``; a positioned group's edges
-        into and out of its heads carry its position."""
+        """Every edge of a node ``cc.Circuit``: every edge among the nodes a node circuit
+        keeps: its heads, its MLPs (all of them when ``circuit.mlps`` is None), ``input`` and
+        ``logits``. An edge out of a positioned group's head carries the group's position
+        (the head writes its own output only there); the receiver's position does not
+        matter: a positioned head's own output elsewhere is ablated through its out-edges,
+        and its keys and values are read at every position."""
         L, H = model.cfg.n_layers, model.cfg.n_heads
         keep: dict[str, str | None] = {"input": None, "logits": None}
         for (layer, head), pos in circuit.placements():
@@ -313,10 +316,7 @@ class EdgeCircuit:
         edges = []
         for e in all_edges(L, H):
             if e.sender in keep and e.receiver in keep:
-                ps = {keep[e.sender], keep[e.receiver]} - {None}
-                if len(ps) > 1:
-                    continue  # two groups at different positions never meet
-                edges.append(Edge(e.sender, e.receiver, e.qkv, ps.pop() if ps else None))
+                edges.append(Edge(e.sender, e.receiver, e.qkv, keep[e.sender]))
         return cls(edges, name=name or circuit.name, shape=(L, H))
 
     # -- round trip ---------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_replacement_equal_to_the_activation_is_not_measurable(planted, monkeypa
 
     import circuitcheck as cc
     from circuitcheck.interventions import ablation as abl
-    from circuitcheck.measures import circuit as circuit_mod
+    from circuitcheck.measures import _circuit_setup as circuit_mod
 
     model, task, circuit = planted
 

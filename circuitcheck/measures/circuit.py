@@ -17,7 +17,7 @@ by construction: it is reported as not measurable, never as a held claim.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,110 +25,16 @@ import numpy as np
 
 from .. import _settings
 from ..circuit import Circuit, Head, format_head, parse_head
+from ..edge_circuit import EdgeCircuit, all_edges
 from ..errors import CircuitCheckError, CircuitCheckWarning, NotMeasurableError
-from ..interventions import Ablation, Variants, ablation_values, final_logprobs, run_variants
+from ..interventions import Ablation
 from ..stats import bootstrap_ci, wilson_ci
 from ..tasks import Task
+from ._circuit_setup import (NORMALIZE, SECONDARY, _baselines, _metric_rows, _Setup,  # noqa: F401
+                             _setup)
 from ._measurement import Measurement, unmeasured
+from .edge_faithfulness import edge_circuit_rows
 from ._result import ResultProtocol
-from .metrics import Metric, get_metric
-
-NORMALIZE = ("ratio", "ablated", "corrupted")
-
-
-@dataclass(frozen=True, eq=False)
-class _Setup:
-    """What every circuit measurement shares: the encoded task, the metric, ablation values."""
-
-    model: Any
-    task: Task
-    enc: Any
-    metric: Metric
-    values: Any
-    normalize: str
-    seed: int
-    confidence: float
-    batch_size: int | None
-    ref_logprobs: Any = None  # the full model's next-token log-probs, for the KL metric
-
-
-def _setup(model: Any, task: Task, circuits: Sequence[Circuit], ablation: str, metric: str,
-           reference: str | None, normalize: str, seed: int | None, confidence: float,
-           batch_size: int | None) -> _Setup:
-    from .. import _validate
-
-    if not isinstance(task, Task):
-        raise CircuitCheckError(f"task must be a cc.Task, got {type(task).__name__}")
-    confidence = _validate.open_unit(confidence, "confidence")
-    seed = _validate.seed(seed)
-    if normalize not in NORMALIZE:
-        raise CircuitCheckError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-    enc = task.encode(model)
-    if normalize == "corrupted" and enc.corrupted is None:
-        raise CircuitCheckError("normalize='corrupted' needs a task with corrupted prompts")
-    for c in circuits:
-        if not isinstance(c, Circuit):
-            raise CircuitCheckError(f"circuit must be a cc.Circuit, got {type(c).__name__}")
-        c.validate(model, task)
-    m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
-    ref = None
-    if m.needs_reference:
-        if normalize == "ratio":
-            raise CircuitCheckError(f"metric {m.name!r} is 0 for the full model, so a ratio to it "
-                                    "is undefined; use normalize='ablated' (or 'corrupted')")
-        ref = final_logprobs(model, enc, batch_size=batch_size)
-    with_mlp = any(c.mlps is not None for c in circuits)
-    values = ablation_values(model, enc, Ablation.parse(ablation), reference, with_mlp=with_mlp)
-    return _Setup(model, task, enc, m, values, normalize,
-                  _settings.seed() if seed is None else seed, confidence, batch_size, ref)
-
-
-#: Metrics shown beside a faithfulness's primary metric (those the task can feed).
-SECONDARY = ("top1", "prob")
-
-
-def _metric_rows(s: _Setup, circuits: Sequence[Circuit], ablate: Sequence[bool],
-                 *, with_baselines: bool = False, secondary: Sequence[str] = ()) -> Any:
-    """Metric per (variant, prompt) for the given circuit variants: [V, N].
-
-    With ``with_baselines`` the full model and the all-ablated model ride along in the same
-    batched passes, and ``(rows, baselines)`` is returned (see ``_baselines``). ``secondary``
-    metrics (names other than the primary's) are read from the same passes and a third item,
-    ``{name: [V + 2, N]}``, is returned.
-    """
-    circuits, ablate = list(circuits), list(ablate)
-    if with_baselines:
-        L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
-        circuits += [Circuit({"all": [(l, h) for l in range(L) for h in range(H)]}),
-                     Circuit({"none": []})]
-        ablate += [False, False]
-    extra = [get_metric(n, has_wrong=s.enc.wrong is not None) for n in secondary]
-    reads = s.metric.reads or None
-    if reads is not None and extra:
-        reads = tuple(dict.fromkeys([*reads, *(r for m in extra for r in m.reads)]))
-    variants = Variants.from_circuits(s.model, circuits, ablate)
-    readout = run_variants(s.model, s.enc, variants, s.values, batch_size=s.batch_size,
-                           ref_logprobs=s.ref_logprobs, reads=reads)
-    rows = s.metric(readout)
-    if not with_baselines:
-        return rows
-    out = rows[:-2], _baselines(s, rows[-2], rows[-1])
-    return out + ({m.name: m(readout) for m in extra},) if secondary else out
-
-
-def _baselines(s: _Setup, full: np.ndarray, ablated: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-prompt metric of the full model, of everything ablated, and (when the measurement
-    is normalised to it) of the corrupted prompts."""
-    import torch
-
-    out = {"full": full, "ablated": ablated}
-    if s.normalize == "corrupted":  # only then is the corrupted run worth its forward passes
-        L, H = s.model.cfg.n_layers, s.model.cfg.n_heads
-        out["corrupted"] = s.metric(run_variants(
-            s.model, s.enc, Variants(torch.ones(1, L, H, dtype=torch.bool)), None,
-            tokens=s.enc.corrupted, lengths=s.enc.corrupted_lengths, batch_size=s.batch_size,
-            ref_logprobs=s.ref_logprobs, reads=s.metric.reads or None))[0]
-    return out
 
 
 def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, np.ndarray],
@@ -166,7 +72,7 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
                    "noise; check the task, answers and model")
     elif kind in ("faithfulness", "necessity") and circuit is not None and \
             ablates_nothing(s.model, circuit, kind == "necessity"):
-        problem = _nothing_ablated(kind, kind == "necessity")
+        problem = _nothing_ablated(kind, kind == "necessity", isinstance(circuit, EdgeCircuit))
     elif den < 0:
         problem = (f"the full model's {s.metric.name} ({full.mean():.3g}) is below {ref} "
                    f"({b:.3g}), so the ratio's direction is reversed; for logprob use "
@@ -196,8 +102,14 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
 
 def ablates_nothing(model: Any, circuit: Circuit, ablate: bool) -> bool:
     """Whether keeping only ``circuit`` (``ablate=False``) or removing it (``True``) leaves
-    every head and MLP of ``model`` as it is: then the ratio is 1 by construction."""
+    every head and MLP of ``model`` as it is (an edge circuit: every edge): then the ratio is
+    1 by construction."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    if isinstance(circuit, EdgeCircuit):
+        if ablate:
+            return not circuit.edges
+        everywhere = {(e.sender, e.receiver, e.qkv) for e in circuit.edges if e.position is None}
+        return all((e.sender, e.receiver, e.qkv) in everywhere for e in all_edges(L, H))
     if ablate:
         return not circuit.heads and not circuit.mlps
     everywhere = {h for h, p in circuit.placements() if p is None}
@@ -205,10 +117,14 @@ def ablates_nothing(model: Any, circuit: Circuit, ablate: bool) -> bool:
     return len(everywhere) == L * H and mlps_kept
 
 
-def _nothing_ablated(kind: str, ablate: bool) -> str:
+def _nothing_ablated(kind: str, ablate: bool, edges: bool = False) -> str:
     what, fix = (("removes no head and no MLP", "name the heads whose removal is claimed")
                  if ablate else ("keeps every head at every position (and every MLP)",
                                  "claim a circuit smaller than the model"))
+    if edges:
+        what, fix = (("removes no edge", "name the edges whose removal is claimed") if ablate
+                     else ("keeps every edge of the graph at every position",
+                           "claim a circuit smaller than the graph"))
     return (f"the circuit {what}, so nothing is ablated and the {kind} is 1 by construction: "
             f"nothing is measured; {fix} (the full model's own metric is in the baselines)")
 
@@ -238,17 +154,22 @@ def trivial_warning(value: float, metric: str, top1: Mapping[str, float] | None,
             "the primary metric - compare smaller circuits and the secondary metrics")
 
 
-def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Circuit,
-                   *args: Any) -> Measurement:
+def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task,
+                   circuit: "Circuit | EdgeCircuit", *args: Any) -> Measurement:
     """The circuit kept alone (``ablate=False``) or removed alone, relative to the full model;
     the full and all-ablated baselines ride along in the same batched passes. A faithfulness
     also reads the ``SECONDARY`` metrics (circuit, full model, all ablated) from those passes
-    and carries ``trivial_warning``'s warning, if any, in ``details``. An intervention the
-    machinery did not apply (``NotMeasurableError``) makes it not measurable."""
+    and carries ``trivial_warning``'s warning, if any, in ``details``. An ``EdgeCircuit`` is
+    measured by edge patching (``edge_faithfulness``). An intervention the machinery did not
+    apply (``NotMeasurableError``) makes it not measurable."""
     try:
-        s = _setup(model, task, [circuit], *args)
-        names = tuple(n for n in SECONDARY if n != s.metric.name) if kind == "faithfulness" else ()
-        got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
+        if isinstance(circuit, EdgeCircuit):
+            s, names, got = edge_circuit_rows(kind, ablate, model, task, circuit, *args)
+        else:
+            s = _setup(model, task, [circuit], *args)
+            names = (tuple(n for n in SECONDARY if n != s.metric.name)
+                     if kind == "faithfulness" else ())
+            got = _metric_rows(s, [circuit], [ablate], with_baselines=True, secondary=names)
     except NotMeasurableError as e:
         return _unmeasured(kind, e, model, task, circuit, args[0], args[1], args[4], args[5])
     rows, base = got[:2]
@@ -269,7 +190,7 @@ def _circuit_ratio(kind: str, ablate: bool, model: Any, task: Task, circuit: Cir
 
 
 def _unmeasured(kind: str, error: NotMeasurableError, model: Any, task: Task,
-                circuit: Circuit, ablation: str, metric: str, seed: int | None,
+                circuit: Any, ablation: str, metric: str, seed: int | None,
                 confidence: float) -> Measurement:
     """The measurement of a claim whose interventions failed (see ``interventions._guard``)."""
     return unmeasured(kind, str(error), len(task.prompts), metric=str(metric),
@@ -278,7 +199,8 @@ def _unmeasured(kind: str, error: NotMeasurableError, model: Any, task: Task,
                       model=getattr(model, "cc_name", ""), task=task.name)
 
 
-def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+def faithfulness(model: Any, task: Task, circuit: "Circuit | EdgeCircuit", *,
+                 ablation: str = "mean",
                  metric: str = "logit_diff", reference: str | None = None,
                  normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
                  batch_size: int | None = None) -> Measurement:
@@ -287,16 +209,20 @@ def faithfulness(model: Any, task: Task, circuit: Circuit, *, ablation: str = "m
     Everything outside the circuit (and each positioned group outside its position) is
     ablated with ``ablation`` (zero, mean, mean-by-template, resample); ``reference`` picks the
     prompts the means are taken over (default: corrupted when the task has them).
+    An ``EdgeCircuit`` keeps only its edges: every other edge's receiver reads the sender's
+    ablated output (edge patching, ``circuitcheck.interventions.edges``).
     """
     return _circuit_ratio("faithfulness", False, model, task, circuit, ablation, metric,
                           reference, normalize, seed, confidence, batch_size)
 
 
-def necessity(model: Any, task: Task, circuit: Circuit, *, ablation: str = "mean",
+def necessity(model: Any, task: Task, circuit: "Circuit | EdgeCircuit", *,
+              ablation: str = "mean",
               metric: str = "logit_diff", reference: str | None = None,
               normalize: str = "ratio", seed: int | None = None, confidence: float = 0.95,
               batch_size: int | None = None) -> Measurement:
-    """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept."""
+    """F(M \\ C) / F(M): performance with ``circuit`` ablated, everything else kept (an
+    ``EdgeCircuit``: its edges patched, every other edge kept)."""
     return _circuit_ratio("necessity", True, model, task, circuit, ablation, metric,
                           reference, normalize, seed, confidence, batch_size)
 

@@ -1,0 +1,376 @@
+"""Edge patching, many edge circuits (variants) x prompts per forward pass.
+
+An edge circuit keeps some edges of the model's graph (``circuitcheck.edge_circuit``); every
+other edge is *patched*: its receiver reads the sender's reference output (zero, a mean, or the
+corrupted prompt's) instead of the sender's current output, while the residual stream itself is
+left alone (as in AutoCircuit). In one patched forward pass each receiver's input is
+
+    input + sum over patched edges (sender -> receiver) of (reference - current sender output)
+
+with the current sender outputs captured during the same pass: ``input`` = the embeddings
+(``blocks.0.hook_resid_pre``), a head = ``hook_z[h] @ W_O[h]`` (the shared ``b_O`` is no
+head's), an MLP = ``hook_mlp_out``. Receivers are the heads' pre-norm q/k/v inputs
+(``hook_q_input`` ... with ``use_split_qkv_input``), the MLP's norm input (``ln2.hook_in``,
+which feeds only the MLP) and the final norm's input (``ln_final.hook_in``). Each row carries its
+own edge mask, so one einsum per receiver hook serves every variant of the batch.
+
+Grouped-query attention: the bridge computes k and v once per key/value head, so an edge into
+``<k>``/``<v>`` is patched per key/value head. An edge circuit whose k/v edges differ among the
+query heads of one group is refused with a ``CircuitError`` (naming the heads) before any
+forward pass; query heads whose output reaches nothing (no kept out-edge) do not count, since
+their inputs change nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, reads_upto, receiver_index,
+                            sender_index, sender_names)
+from ..errors import CircuitCheckError, CircuitError, TaskError
+from ..tasks import EncodedTask
+from ._batching import length_batches, rows_per_batch
+from .ablation import (Ablation, Readout, _group_means, _read_last, as_readout, no_logits,
+                       read_plan, readout)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def kv_groups(model: Any) -> int:
+    """Query heads per key/value head (1 without grouped-query attention)."""
+    kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    return int(model.cfg.n_heads) // int(kv)
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeVariants:
+    """V edge masks over the graph's receivers x senders (EAP-IG indices).
+
+    Edge (s -> r) of variant v is *selected* at position p when ``sel_all[v, r, s]``, or when
+    ``sel_at[v, r, s, k]`` and p is the prompt's position ``pos_names[k]``. Selected edges are
+    kept and the others patched; ``invert[v]`` flips that (patch only the selected edges)."""
+
+    sel_all: "torch.Tensor"  # [V, R, S] bool
+    sel_at: "torch.Tensor | None"  # [V, R, S, K] bool
+    pos_names: tuple[str, ...]
+    invert: "torch.Tensor"  # [V] bool
+
+    def __len__(self) -> int:
+        return int(self.sel_all.shape[0])
+
+    @classmethod
+    def from_circuits(cls, model: Any, circuits: Sequence[EdgeCircuit],
+                      ablate: Sequence[bool] | None = None) -> "EdgeVariants":
+        """One variant per circuit: keep only its edges, or (``ablate[v]``) patch only them.
+        Raises ``CircuitError`` for k/v edges a grouped-query model cannot patch apart."""
+        import torch
+
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        S, R = n_senders(L, H), n_receivers(L, H)
+        pos_names = tuple(dict.fromkeys(p for c in circuits for p in c.positions))
+        V = len(circuits)
+        sel_all = torch.zeros(V, R, S, dtype=torch.bool)
+        sel_at = torch.zeros(V, R, S, max(1, len(pos_names)), dtype=torch.bool)
+        for v, c in enumerate(circuits):
+            for e in c.edges:
+                s, r = sender_index(e.sender, H), receiver_index(e.receiver, e.qkv, H, L)
+                if e.position is None:
+                    sel_all[v, r, s] = True
+                else:
+                    sel_at[v, r, s, pos_names.index(e.position)] = True
+        invert = torch.tensor(list(ablate) if ablate is not None else [False] * V,
+                              dtype=torch.bool)
+        out = cls(sel_all, sel_at if pos_names else None, pos_names, invert)
+        if kv_groups(model) > 1:
+            for v, c in enumerate(circuits):
+                _align_groups(model, out, v, c)
+        return out
+
+
+def _align_groups(model: Any, var: EdgeVariants, v: int, circuit: EdgeCircuit) -> None:
+    """On grouped-query attention: check that the live query heads of each group select the
+    same k and v edges, and give the group's dead heads those edges too (in place), so the
+    group's first head speaks for its key/value head."""
+    import torch
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    group = kv_groups(model)
+    names = sender_names(L, H)
+    sel = var.sel_all[v] | (var.sel_at[v].any(-1) if var.sel_at is not None else False)
+    for layer in range(L):
+        for x in ("k", "v"):
+            for g in range(H // group):
+                heads = range(g * group, (g + 1) * group)
+                rows = [receiver_index(f"a{layer}.h{h}", x, H, L) for h in heads]
+                live = [h for h, r in zip(heads, rows) if _reaches(model, var, v, layer, h)]
+                if not live:
+                    continue
+                r0 = receiver_index(f"a{layer}.h{live[0]}", x, H, L)
+                for h, r in zip(heads, rows):
+                    same = torch.equal(var.sel_all[v, r], var.sel_all[v, r0]) and (
+                        var.sel_at is None or torch.equal(var.sel_at[v, r], var.sel_at[v, r0]))
+                    if same:
+                        continue
+                    if h in live:
+                        diff = (sel[r] ^ sel[r0]).nonzero()[:, 0].tolist()
+                        odd = ", ".join(names[s] for s in diff[:4]) or "(positions differ)"
+                        raise CircuitError(
+                            f"{circuit._where()}a{layer}.h{live[0]} and a{layer}.h{h} share a "
+                            f"key/value head on this grouped-query model (query heads "
+                            f"{heads.start}..{heads.stop - 1} of layer {layer}), so their <{x}> "
+                            f"inputs cannot be patched apart, but their <{x}> edges differ "
+                            f"(senders {odd}); give every query head of the group the same "
+                            f"<{x}> edges (add or drop those edges for all of them)")
+                    var.sel_all[v, r] = var.sel_all[v, r0]
+                    if var.sel_at is not None:
+                        var.sel_at[v, r] = var.sel_at[v, r0]
+
+
+def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int) -> bool:
+    """Whether head (layer, head)'s own output reaches some receiver in variant v (a kept
+    out-edge at some position); if not, its inputs change nothing."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    s = sender_index(f"a{layer}.h{head}", H)
+    R = n_receivers(L, H)
+    readers = [r for r in range(R) if s < reads_upto(r, L, H)]
+    everywhere = var.sel_all[v, readers, s]
+    if bool(var.invert[v]):  # kept unless selected: dead only if patched everywhere
+        return not bool(everywhere.all())
+    somewhere = everywhere if var.sel_at is None else everywhere | var.sel_at[v, readers, s].any(-1)
+    return bool(somewhere.any())
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeReference:
+    """Each sender's reference output: ``blocks[0]`` = ``input`` [K, P, 1, d], ``blocks[l+1]``
+    = layer l's heads then MLP [K, P, H + 1, d]; prompt i reads table row ``row_of[i]``. None
+    for zero ablation (every reference output is 0)."""
+
+    kind: Ablation
+    blocks: "list[torch.Tensor] | None"
+    row_of: "torch.Tensor"
+    reference: str
+
+    def describe(self) -> str:
+        if self.kind is Ablation.ZERO:
+            return "edges zero-patched"
+        if self.kind is Ablation.RESAMPLE:
+            return "edges resample-patched (from each prompt's corrupted pair)"
+        by = ", by template" if self.kind is Ablation.MEAN_BY_TEMPLATE else ""
+        return f"edges {self.kind.value}-patched (reference: {self.reference} prompts{by})"
+
+
+def edge_reference(model: Any, enc: EncodedTask, ablation: "str | Ablation",
+                   reference: str | None = None) -> EdgeReference:
+    """The reference outputs of every sender for ``ablation`` (as ``ablation_values`` takes
+    them for heads: ``reference`` is ``"corrupted"`` by default when the task has them)."""
+    import torch
+
+    kind = Ablation.parse(ablation)
+    n = enc.n
+    if reference is None:
+        reference = "corrupted" if enc.corrupted is not None else "clean"
+    if reference not in ("clean", "corrupted"):
+        raise CircuitCheckError(f"reference must be 'clean' or 'corrupted', got {reference!r}")
+    if kind is Ablation.ZERO:
+        return EdgeReference(kind, None, torch.zeros(n, dtype=torch.long), reference)
+    if kind is Ablation.RESAMPLE or reference == "corrupted":
+        if enc.corrupted is None:
+            raise TaskError(f"{kind.value} ablation with reference 'corrupted' needs corrupted "
+                            "prompts; give the task `corrupted=[...]` or use ablation='mean' "
+                            "with reference='clean'")
+        toks, lens = enc.corrupted, enc.corrupted_lengths
+    else:
+        toks, lens = enc.tokens, enc.lengths
+    if kind is Ablation.RESAMPLE:
+        reference = "corrupted"
+        if not torch.equal(lens, enc.lengths):
+            i = int((lens != enc.lengths).nonzero()[0])
+            raise TaskError(f"resample ablation pairs positions, but corrupted prompt {i} has "
+                            f"{int(lens[i])} tokens and its clean prompt {int(enc.lengths[i])}; "
+                            "make each corrupted prompt the same length as its clean prompt")
+    blocks = _sender_outputs(model, toks, lens)
+    if kind is Ablation.RESAMPLE:
+        return EdgeReference(kind, blocks, torch.arange(n), reference)
+    groups = enc.groups if kind is Ablation.MEAN_BY_TEMPLATE else torch.zeros(n, dtype=torch.long)
+    return EdgeReference(kind, _group_means(blocks, groups, lens, enc, kind, reference),
+                         groups.clone(), reference)
+
+
+def _sender_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor"
+                    ) -> list["torch.Tensor"]:
+    """Every sender's output on ``toks`` in ``EdgeReference.blocks``' layout, [N, P, ., d]."""
+    import torch
+
+    from ..fastpath import real_tokens
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    N, P_all = toks.shape[0], toks.shape[1]
+    device = model.cfg.device
+    W_O = [model.blocks[l].attn.W_O for l in range(L)]
+    out: list[torch.Tensor | None] = [None] * (L + 1)
+
+    def put(block: int, lo: int, width: int, at: torch.Tensor, P: int):
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            if out[block] is None:
+                out[block] = x.new_zeros(N, P_all, width, model.cfg.d_model)
+            val = x[:, :, None] if x.dim() == 3 else torch.einsum(
+                "bphe,hed->bphd", x, W_O[block - 1].to(x.dtype))
+            out[block][at, :P, lo:lo + val.shape[2]] = val
+        return hook
+
+    with torch.inference_mode():
+        for rows in length_batches(lens, rows_per_batch(model, P_all), device=device):
+            P = int(lens[rows].max())
+            at = rows.to(device)
+            hooks = [("blocks.0.hook_resid_pre", put(0, 0, 1, at, P))]
+            for l in range(L):
+                hooks += [(f"blocks.{l}.attn.hook_z", put(l + 1, 0, H + 1, at, P)),
+                          (f"blocks.{l}.hook_mlp_out", put(l + 1, H, H + 1, at, P))]
+            with real_tokens(model, lens[rows], P):
+                model.run_with_hooks(toks[rows, :P].to(device), fwd_hooks=[*hooks, no_logits()],
+                                     return_type=None)
+    return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def split_qkv_inputs(model: Any) -> Iterator[None]:
+    """Within: per-head q/k/v input hooks (``use_split_qkv_input``), restored afterwards."""
+    old = model.cfg.use_split_qkv_input
+    model.cfg.use_split_qkv_input = True
+    try:
+        yield
+    finally:
+        model.cfg.use_split_qkv_input = old
+
+
+def run_edge_variants(model: Any, enc: EncodedTask, variants: EdgeVariants,
+                      ref: EdgeReference, *, batch_size: int | None = None,
+                      ref_logprobs: "torch.Tensor | None" = None,
+                      reads: "Collection[str] | None" = None) -> Readout:
+    """Evaluate every edge variant on every prompt: a ``Readout`` of [V, N]. Rows (variant,
+    prompt) are batched by length; each batch is one forward pass with its rows' edge masks
+    (see the module docstring). ``reads`` as in ``run_variants``."""
+    import torch
+
+    toks, lens = enc.tokens, enc.lengths
+    N, V = toks.shape[0], len(variants)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    device = model.cfg.device
+    if ref.kind is not Ablation.ZERO and ref.blocks is None:
+        raise CircuitCheckError("reference outputs are missing")
+    P_all = toks.shape[1]
+    elem = torch.finfo(model.cfg.dtype).bits // 8
+    extra = P_all * n_senders(L, H) * model.cfg.d_model * elem * 3
+    bs = batch_size or rows_per_batch(model, P_all, extra_per_row=extra)
+    pos_table = None
+    if variants.sel_at is not None:
+        pos_table = torch.stack([enc.positions[p] for p in variants.pos_names], dim=1)  # [N, K]
+    want, how = read_plan(model, reads, ref_logprobs is not None)
+    n_rows = V * N
+    all_prompts = torch.arange(n_rows) % N
+    parts = []
+    with torch.inference_mode(), split_qkv_inputs(model):
+        for rows in length_batches(lens[all_prompts], bs, device=device,
+                                   fixed_rows=batch_size is not None):
+            v_idx, p_idx = rows // N, rows % N
+            P = int(lens[p_idx].max())
+            hooks = _edge_hooks(model, variants, ref, v_idx, p_idx, P, pos_table)
+            final = _read_last(model, toks[p_idx], lens[p_idx], hooks, stop=how != "logits")
+            parts.append((rows, readout(model, final, enc, p_idx, want, how, ref_logprobs)))
+    return as_readout(parts, n_rows, (V, N))
+
+
+def _patched_mask(variants: EdgeVariants, v_idx: "torch.Tensor", recv: slice, send: int,
+                  at: "torch.Tensor | None", dtype: Any, device: Any) -> "torch.Tensor":
+    """Which edges (receivers ``recv`` x senders ``:send``) each row patches: [B, S, r] when
+    no edge is positioned, else [B, P, S, r], as 0/1 in ``dtype``."""
+    import torch
+
+    sel = variants.sel_all[v_idx, recv, :send]  # [B, r, S]
+    inv = variants.invert[v_idx]
+    if at is None:
+        patched = sel ^ ~inv[:, None, None]
+        return patched.transpose(1, 2).to(device, dtype)
+    hit = torch.einsum("brsk,bpk->bprs", variants.sel_at[v_idx, recv, :send].float(),
+                       at.float()) > 0
+    patched = (sel[:, None] | hit) ^ ~inv[:, None, None, None]
+    return patched.transpose(2, 3).to(device, dtype)
+
+
+def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "torch.Tensor",
+                p_idx: "torch.Tensor", P: int, pos_table: "torch.Tensor | None") -> list:
+    """The hooks of one batch: capture each sender's output as (reference - current) and add
+    the patched edges' sum of those to each receiver's input."""
+    import torch
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    group = kv_groups(model)
+    device = model.cfg.device
+    dtype = model.cfg.dtype
+    at = None
+    if pos_table is not None:
+        at = (torch.arange(P)[None, :, None] == pos_table[p_idx][:, None, :])  # [B, P, K]
+    table_rows = ref.row_of[p_idx].to(device)
+    S = n_senders(L, H)
+    # (reference - current) of every sender, in sender order, written as the pass goes
+    buf: dict[str, torch.Tensor] = {}
+    per_layer = 3 * H + 1
+
+    def sender(start: int, block: int, lo: int, hi: int, W_O: "torch.Tensor | None" = None):
+        r = None if ref.blocks is None else ref.blocks[block][table_rows, :P, lo:hi]
+
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            cur = x[:, :, None] if W_O is None else torch.einsum("bphe,hed->bphd", x,
+                                                                 W_O.to(x.dtype))
+            if "d" not in buf:
+                buf["d"] = cur.new_zeros(cur.shape[0], cur.shape[1], S, cur.shape[-1])
+            delta = -cur if r is None else r.to(cur.dtype) - cur
+            buf["d"][:, :, start:start + cur.shape[2]] = delta
+        return hook
+
+    def receiver(recv: slice, send: int, heads: bool):
+        mask = _patched_mask(variants, v_idx, recv, send, at, dtype, device)
+        if not bool(mask.any()):
+            return None  # no row of this batch patches an edge into these receivers
+        if not heads:
+            mask = mask[..., 0]
+
+        def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            d = buf["d"][:, :, :send].to(x.dtype)
+            m = mask.to(x.dtype)
+            if heads:
+                spec = "bpsd,bpsh->bphd" if m.dim() == 4 else "bpsd,bsh->bphd"
+            else:
+                spec = "bpsd,bps->bpd" if m.dim() == 3 else "bpsd,bs->bpd"
+            return x + torch.einsum(spec, d, m)
+        return hook
+
+    hooks: list = [("blocks.0.hook_resid_pre", sender(0, 0, 0, 1))]
+    receivers: list = []
+    for l in range(L):
+        send = 1 + l * (H + 1)
+        base = l * per_layer
+        for i, x in enumerate(("q", "k", "v")):
+            lo = base + i * H
+            if x == "q" or group == 1:
+                recv = slice(lo, lo + H)
+            else:  # one query head per key/value head speaks for it (see _align_groups)
+                recv = slice(lo, lo + H, group)
+            receivers.append((f"blocks.{l}.hook_{x}_input", receiver(recv, send, True)))
+        hooks.append((f"blocks.{l}.attn.hook_z",
+                      sender(send, l + 1, 0, H, model.blocks[l].attn.W_O)))
+        receivers.append((f"blocks.{l}.ln2.hook_in",
+                          receiver(slice(base + 3 * H, base + 3 * H + 1), send + H, False)))
+        hooks.append((f"blocks.{l}.hook_mlp_out", sender(send + H, l + 1, H, H + 1)))
+    R = n_receivers(L, H)
+    receivers.append(("ln_final.hook_in", receiver(slice(R - 1, R), S, False)))
+    receivers = [(n, h) for n, h in receivers if h is not None]
+    return (hooks + receivers) if receivers else []
+
+
+__all__ = ["EdgeReference", "EdgeVariants", "edge_reference", "kv_groups", "run_edge_variants",
+           "split_qkv_inputs"]
