@@ -353,3 +353,9 @@ def test_assert_faithful_tells_an_edge_circuits_story(tiny, task_of):
     text = str(info.value)
     assert text.startswith("claim 'direct is faithful' FAILED") or "INCONCLUSIVE" in text
     assert "direct: 1 edge among 2 nodes; kept, complement edges zero-patched" in text
+
+
+def test_layer_mean_is_refused_for_edge_circuits(tiny, task_of):
+    task = task_of(tiny)
+    with pytest.raises(cc.CircuitCheckError, match="an edge has no such mean"):
+        cc.faithfulness(tiny, task, cc.EdgeCircuit(["input->logits"]), ablation="layer-mean")

@@ -17,6 +17,7 @@ from ..errors import CircuitCheckError, TaskError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
 from ._guard import HookGuard
+from ._reference import reference_for, reference_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -134,10 +135,7 @@ def ablation_values(model: Any, enc: EncodedTask, ablation: "str | Ablation",
 
     kind = Ablation.parse(ablation)
     n = enc.n
-    if reference is None:
-        reference = "corrupted" if enc.corrupted is not None else "clean"
-    if reference not in ("clean", "corrupted"):
-        raise CircuitCheckError(f"reference must be 'clean' or 'corrupted', got {reference!r}")
+    reference = reference_for(enc, reference)
     if kind in (Ablation.ZERO, Ablation.LAYER_MEAN):  # nothing to precompute
         if kind is Ablation.LAYER_MEAN and with_mlp:
             raise CircuitCheckError(
@@ -145,24 +143,7 @@ def ablation_values(model: Any, enc: EncodedTask, ablation: "str | Ablation",
                 "no such mean: keep every MLP (the default) or use another ablation")
         return AblationValues(kind, None, None, torch.zeros(n, dtype=torch.long),
                               "own prompt" if kind is Ablation.LAYER_MEAN else reference)
-    if kind is Ablation.RESAMPLE or reference == "corrupted":
-        if enc.corrupted is None:
-            raise TaskError(
-                f"{kind.value} ablation with reference 'corrupted' needs corrupted prompts; give "
-                "the task `corrupted=[...]` or use ablation='mean' with reference='clean'"
-            )
-        toks, lens = enc.corrupted, enc.corrupted_lengths
-    else:
-        toks, lens = enc.tokens, enc.lengths
-    if kind is Ablation.RESAMPLE:
-        reference = "corrupted"
-        if not torch.equal(lens, enc.lengths):
-            i = int((lens != enc.lengths).nonzero()[0])
-            raise TaskError(
-                f"resample ablation pairs positions, but corrupted prompt {i} has {int(lens[i])} "
-                f"tokens and its clean prompt {int(enc.lengths[i])}; make each corrupted prompt "
-                "the same length as its clean prompt"
-            )
+    reference, toks, lens = reference_prompts(enc, kind, reference)
     acts = _cache_outputs(model, toks, lens, with_mlp)
     if kind is Ablation.RESAMPLE:
         return AblationValues(kind, acts["z"], acts.get("mlp"), torch.arange(n), reference)

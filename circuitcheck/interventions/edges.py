@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, reads_upto, receiver_index,
                             sender_index, sender_names)
-from ..errors import CircuitCheckError, CircuitError, TaskError
+from ..errors import CircuitCheckError, CircuitError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
 from .ablation import (Ablation, Readout, _group_means, _read_last, as_readout, no_logits,
                        read_plan, readout)
+from ._reference import reference_for, reference_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -171,27 +172,14 @@ def edge_reference(model: Any, enc: EncodedTask, ablation: "str | Ablation",
 
     kind = Ablation.parse(ablation)
     n = enc.n
-    if reference is None:
-        reference = "corrupted" if enc.corrupted is not None else "clean"
-    if reference not in ("clean", "corrupted"):
-        raise CircuitCheckError(f"reference must be 'clean' or 'corrupted', got {reference!r}")
+    reference = reference_for(enc, reference)
+    if kind is Ablation.LAYER_MEAN:
+        raise CircuitCheckError(
+            "layer-mean replaces a head's z inside its layer; an edge has no such mean: use "
+            "zero, mean, mean-by-template or resample for an edge circuit")
     if kind is Ablation.ZERO:
         return EdgeReference(kind, None, torch.zeros(n, dtype=torch.long), reference)
-    if kind is Ablation.RESAMPLE or reference == "corrupted":
-        if enc.corrupted is None:
-            raise TaskError(f"{kind.value} ablation with reference 'corrupted' needs corrupted "
-                            "prompts; give the task `corrupted=[...]` or use ablation='mean' "
-                            "with reference='clean'")
-        toks, lens = enc.corrupted, enc.corrupted_lengths
-    else:
-        toks, lens = enc.tokens, enc.lengths
-    if kind is Ablation.RESAMPLE:
-        reference = "corrupted"
-        if not torch.equal(lens, enc.lengths):
-            i = int((lens != enc.lengths).nonzero()[0])
-            raise TaskError(f"resample ablation pairs positions, but corrupted prompt {i} has "
-                            f"{int(lens[i])} tokens and its clean prompt {int(enc.lengths[i])}; "
-                            "make each corrupted prompt the same length as its clean prompt")
+    reference, toks, lens = reference_prompts(enc, kind, reference)
     blocks = _sender_outputs(model, toks, lens)
     if kind is Ablation.RESAMPLE:
         return EdgeReference(kind, blocks, torch.arange(n), reference)
