@@ -51,9 +51,9 @@ def discover(model_name: str, task_spec: dict[str, Any], out: str | Path, *,
     heads_txt = [format_head(h) for h in heads]
     expect: dict[str, Any] = {}
     if not f.problem:
-        expect["faithfulness"] = {"at_least": round(f.ci[0] - margin, 2), **_ablation(common)}
+        expect["faithfulness"] = {"at_least": round(float(f.ci[0]) - margin, 2), **_ablation(common)}
     if not n.problem:
-        expect["necessity"] = {"at_most": round(n.ci[1] + margin, 2), **_ablation(common)}
+        expect["necessity"] = {"at_most": round(float(n.ci[1]) + margin, 2), **_ablation(common)}
     expect["important"] = {"heads": heads_txt, "trials": trials, "ablation": ablation,
                            "metric": metric}
     doc = {

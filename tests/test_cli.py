@@ -1,6 +1,8 @@
 """The circuitcheck command."""
 from __future__ import annotations
 
+import subprocess
+import sys
 
 from circuitcheck.cli import main
 
@@ -18,8 +20,10 @@ def test_demo_without_claims_says_where_to_run(tmp_path, monkeypatch, capsys):
     assert "no claim directory 'circuits'" in capsys.readouterr().err
 
 
-def test_discover_writes_a_claim_that_passes(pytester, monkeypatch):
-    out = pytester.path / "circuits" / "found.yaml"
+def test_discover_writes_a_claim_that_passes(tmp_path):
+    # not pytester: it restores sys.modules afterwards, and torch/datasets imported by the
+    # in-process discover cannot be imported a second time by the next test
+    out = tmp_path / "circuits" / "found.yaml"
     assert main(["discover", "--model", "zoo:planted", "--task", "induction", "--arg", "n=48",
                  "--arg", "seq_len=12", "--top", "2", "--trials", "1024",
                  "--out", str(out)]) == 0
@@ -28,9 +32,12 @@ def test_discover_writes_a_claim_that_passes(pytester, monkeypatch):
     doc = yaml.safe_load(out.read_text())
     assert sorted(doc["circuit"]["groups"]["discovered"]) == ["0.2", "1.1"]
     expect = doc["claims"][0]["expect"]
-    assert expect["faithfulness"]["at_least"] >= 0.9 and expect["necessity"]["at_most"] <= 0.1
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", str(out))
-    result.assert_outcomes(passed=1)
+    # 48/48 top-1 successes: the Wilson interval's lower end is 0.926, so the written
+    # threshold (bound - 0.05) is 0.88, not more: 48 prompts cannot show more than that
+    assert expect["faithfulness"]["at_least"] >= 0.85 and expect["necessity"]["at_most"] <= 0.15
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
 
 
 def test_discover_refuses_to_overwrite_without_force(tmp_path, capsys):

@@ -84,7 +84,7 @@ def _ratio_measurement(s: _Setup, kind: str, numer: np.ndarray, base: dict[str, 
     if s.metric.binary and den and n >= 2:
         (w_lo,), (w_hi,) = wilson_ci(np.array([float(numer.sum())]), np.array([float(n)]),
                                      s.confidence)
-        ci = (min(ci[0], (w_lo - b) / den), max(ci[1], (w_hi - b) / den))
+        ci = (float(min(ci[0], (w_lo - b) / den)), float(max(ci[1], (w_hi - b) / den)))
     per_prompt = (numer - b) / den if den else np.full(n, np.nan)
     if problem:
         value = float("nan")
