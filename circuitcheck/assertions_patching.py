@@ -1,5 +1,5 @@
 """``assert_*`` helpers for patching claims: recovery by activation patching, direct effect,
-and attention ablation against random heads.
+attention ablation against random heads, and seed 004's ablation curve across lags.
 
 They behave like ``circuitcheck.assertions``: a claim *holds* only when its whole confidence
 interval is past the threshold, *fails* when the whole interval is short of it, and is
@@ -120,5 +120,68 @@ def assert_path_carries(model: Any, task: Task, heads: Any, *, receivers: Any = 
     return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
-__all__ = ["assert_attention_ablation_effect", "assert_direct_effect", "assert_path_carries",
-           "assert_patching_recovers"]
+def assert_ablation_curve(model: Any, task: Task, *, k: int, over_random_by: float,
+                          lags: Any = None, ks: Any = None, mode: str = "zero",
+                          name: str | None = None, allow_inconclusive: bool = False,
+                          **kwargs: Any) -> Measurement:
+    """Assert that ablating the attention of the top-``k`` heads (by induction score, a scores
+    CSV or ``heads``) costs at least ``over_random_by`` nats more copying loss than ``k``
+    random heads, at every lag (seed 004).
+
+    The lags default to the task's ``seq_len``; ``n`` and ``seed`` come from the task (an
+    ``induction`` task). Decided per lag on the bootstrap interval of the excess: held when
+    every lag's interval is at or above the bound, failed when one lag's is wholly below it,
+    inconclusive otherwise; the recorded measurement is the deciding lag's. Other keyword
+    arguments go to ``cc.ablation_curve`` (layers, n_permutations, scores, heads,
+    confidence).
+    """
+    __tracebackhide__ = True
+    import numpy as np
+
+    from . import _validate
+    from .errors import CircuitCheckError
+    from .measures.ablation_curve import ablation_curve
+
+    bound = _check_threshold(over_random_by, "over_random_by")
+    k = _validate.count(k, "k")
+    meta = dict(getattr(task, "meta", {}) or {})
+    if meta.get("builder") != "induction" or "seq_len" not in meta:
+        raise CircuitCheckError(
+            "an ablation curve builds repeated-sequence tasks at each lag, so the claim's task "
+            "must be the induction builder (task: {builder: induction, n: 24, seq_len: 10}); "
+            f"got task {task.name!r}")
+    lags = [meta["seq_len"]] if lags is None else ([lags] if isinstance(lags, int) else lags)
+    ks = sorted({0, 1, max(1, k // 2), k}) if ks is None else sorted({0, *ks, k})
+    curve = ablation_curve(model, ks=ks, lags=lags, modes=(mode,), n=meta.get("n", 24),
+                           seed=meta.get("seed", 0), **kwargs)
+    cis = {lag: curve.excess_ci(k, lag) for lag in curve.lags}
+    short = [lag for lag in curve.lags if cis[lag][1] < bound]
+    lag = min(short, key=lambda g: cis[g][1]) if short else min(curve.lags,
+                                                                 key=lambda g: cis[g][0])
+    excess = curve.excess(k, lag)
+    claim = name or (f"ablating the top-{k} heads' attention costs {bound:g} nats more than "
+                     f"{k} random heads at every lag")
+    m = Measurement(
+        kind="ablation curve", value=float(excess.mean()), ci=cis[lag], per_prompt=excess,
+        metric="copying loss", metric_description="-log p(answer) at the last token (nats)",
+        ablation=f"attention scores {mode}-ablated", confidence=curve.confidence,
+        seed=curve.seed, model=getattr(model, "cc_name", ""), task=f"induction, lag {lag}",
+        baselines={"clean loss": float(np.mean(curve.loss_clean[lag]))},
+        details={"lag": lag, "k": k, "lags": list(curve.lags), "layers": curve.layers,
+                 "ranked": [format_head(h) for h in curve.ranked[:k]],
+                 "score_source": curve.score_source,
+                 "per_lag": {str(g): [float(curve.excess(k, g).mean()), *cis[g]]
+                             for g in curve.lags},
+                 "lines": {f"loss increase vs k ({mode})": curve.lines(mode)}})
+    i = curve.ks.index(k)
+    per_lag = [f"lag {g}: top {curve.chosen[(mode, g)][i].mean():+.3f} vs random "
+               f"{curve.random[(mode, g)][i].mean():+.3f} (excess CI [{cis[g][0]:.3f}, "
+               f"{cis[g][1]:.3f}])" for g in curve.lags]
+    extra = [f"  heads      top-{k} by {curve.score_source} in {curve.layers} layers: "
+             + ", ".join(format_head(h) for h in curve.ranked[:k]),
+             "  per lag    " + "; ".join(per_lag)]
+    return _finish(claim, m, ">=", bound, allow_inconclusive=allow_inconclusive, extra=extra)
+
+
+__all__ = ["assert_ablation_curve", "assert_attention_ablation_effect", "assert_direct_effect",
+           "assert_path_carries", "assert_patching_recovers"]

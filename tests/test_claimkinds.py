@@ -18,7 +18,7 @@ from circuitcheck.claimkinds import EXAMPLE_FILE, KINDS, readme_list
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE_DATA = {"histogram": "per_prompt", "heatmap": "heatmaps", "points": "points",
-               "bars": "bars", "patterns": "patterns"}
+               "bars": "bars", "patterns": "patterns", "lines": "lines"}
 
 # kinds whose example claim fails on zoo:planted (none since the minimality test has power there)
 CANNOT_HOLD_ON_PLANTED: set[str] = set()  # minimality's bootstrap z-test holds there too
@@ -64,7 +64,7 @@ def test_every_kind_has_an_example_that_runs_and_renders(name, planted, tmp_path
     html = render(build_document(records))
     expected = sum(bool(r["measurement"].get("per_prompt"))
                    + sum(len(r["measurement"].get(k) or {}) for k in ("heatmaps", "points", "bars",
-                                                                   "patterns"))
+                                                                   "patterns", "lines"))
                    for r in records)
     assert html.count("<figure>") == expected
     assert ("class='grid'" in html) == ("grid" in kind.figures)

@@ -359,7 +359,28 @@ def test_zero_attention_equals_zero_z(tiny, task_for):
         assert got.metric_ablated[i] == pytest.approx(_ld(logits, enc, i), abs=1e-4)
 
 
-def test_mean_attention_uses_mean_scores(tiny, task_for):
+def test_mean_attention_is_uniform_over_visible_keys(tiny, task_for):
+    """Seed 004's mean mode: each query row's scores set to their mean, i.e. the head attends
+    uniformly to the keys it can see (written here directly on the pattern)."""
+    task = task_for(tiny)
+    enc = task.encode(tiny)
+    head = (1, 2)
+    got = P.ablate_attention(tiny, task, [head], mode="mean")
+    assert np.abs(got.loss_ablated - got.loss_clean).max() > 1e-3  # it ablates something
+    for i in range(enc.n):
+        n = int(enc.lengths[i])
+        uniform = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+
+        def put(x, hook):
+            x = x.clone()
+            x[:, head[1]] = uniform.to(x.dtype)
+            return x
+        logits = _run(tiny, _ids(enc, i, "clean"), [(f"blocks.{head[0]}.attn.hook_pattern", put)])
+        lp = logits[0, -1].log_softmax(-1)[enc.answers[i]]
+        assert got.loss_ablated[i] == pytest.approx(-float(lp), abs=1e-4)
+
+
+def test_prompt_mean_attention_uses_mean_scores(tiny, task_for):
     task = task_for(tiny)
     enc = task.encode(tiny)
     head = (1, 2)
@@ -371,7 +392,7 @@ def test_mean_attention_uses_mean_scores(tiny, task_for):
         for k in range(q + 1):
             vals = [s[q, k] for s in scores if s.shape[0] > q]
             mean[q, k] = torch.stack(vals).mean()
-    got = P.ablate_attention(tiny, task, [head], mode="mean")
+    got = P.ablate_attention(tiny, task, [head], mode="prompt-mean")
     for i in range(enc.n):
         n = int(enc.lengths[i])
 

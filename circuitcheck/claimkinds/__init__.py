@@ -89,8 +89,8 @@ class ClaimKind:
     params: tuple[Param, ...]
     verdict: str    # how the verdict is decided, in words
     records: str    # the record's "kind" (what the report and baselines key on)
-    figures: tuple[str, ...]  # what the report draws: histogram, heatmap, points, bars, grid,
-    #                           patterns (attention-pattern pictures of the claimed heads)
+    figures: tuple[str, ...]  # what the report draws: histogram, heatmap, points, bars, lines,
+    #                           grid, patterns (attention-pattern pictures of the claimed heads)
     example: Mapping[str, Any]  # an expectation that runs on zoo:planted (see EXAMPLE_FILE)
     check: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, repr=False)
     score_kinds: str = ""  # per_score only: "module:attribute" of the allowed score kinds

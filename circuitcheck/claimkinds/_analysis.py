@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import BOOL, HEADS, INT, NUMBER, TEXT, TEXTS, ClaimKind, Param, register
+from . import BOOL, HEADS, INT, NUMBER, TEXT, TEXTS, ClaimKind, Param, ParamType, register
 
 A = "circuitcheck.assertions_analysis:"
+INTS = ParamType("int | list", "a whole number or a list of whole numbers",
+                 lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (
+                     isinstance(v, list) and len(v) > 0
+                     and all(isinstance(x, int) and not isinstance(x, bool) for x in v)))
 M = "circuitcheck.measures."
 BOUND = ("holds when the whole confidence interval (of the weakest claimed head) is past the "
          "bound, fails when it is wholly short of it, inconclusive otherwise (a failure unless "
@@ -100,3 +104,25 @@ register(ClaimKind(
              "on the wrong side; inconclusive otherwise"),
     records="head sweep", figures=("histogram", "heatmap"),
     example={"heads": ["0.2", "1.1"], "drop_at_least": 0.2, "ablation": "mean"}))
+
+register(ClaimKind(
+    name="ablation_curve",
+    summary="ablating the top-k induction heads' attention costs more loss than k random heads "
+            "at every lag (seed 004)",
+    target="task", assertion="circuitcheck.assertions_patching:assert_ablation_curve",
+    measure=M + "ablation_curve:ablation_curve",
+    params=(Param("k", INT, True, "how many top heads (and random heads) are ablated"),
+            Param("over_random_by", NUMBER, True, "required extra loss (nats) over k random "
+                                                  "heads, at every lag"),
+            Param("lags", INTS, doc="repeat distances (default: the task's seq_len); the task "
+                                    "must be the induction builder"),
+            Param("ks", INTS, doc="the curve's other k (default 0, 1, k/2, k)"),
+            Param("mode", TEXT, doc="zero or mean (uniform over the visible keys)"),
+            Param("layers", TEXT, doc="all, lower (layers 0..L/2-1) or upper (L/2..L-1)"),
+            Param("n_permutations", INT, doc="random head sets per k"),
+            Param("heads", HEADS, doc="the ranking, best first (default: by induction score)"),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
+    verdict="holds when every lag's interval of the excess loss is at or above the bound, "
+            "fails when one lag's is wholly below it, inconclusive otherwise",
+    records="ablation curve", figures=("histogram", "lines"),
+    example={"k": 1, "over_random_by": 0.5, "lags": [6, 12]}))

@@ -171,7 +171,8 @@ register(ClaimKind(
     params=(Param("heads", HEADS, True, "the heads"),
             Param("over_random_by", NUMBER, True, "required extra loss (nats) over random sets"),
             Param("n_repeats", INT, doc="random head sets"),
-            Param("mode", TEXT, doc="zero or uniform"), Param("confidence", NUMBER),
+            Param("mode", TEXT, doc="zero, mean (uniform over visible keys) or prompt-mean"),
+            Param("confidence", NUMBER),
             Param("allow_inconclusive", BOOL),
             Param("heatmap", BOOL, doc="also ablate every single head for the report's heatmap "
                                        "(one pass per head: minutes on a 30-layer model)")),

@@ -7,11 +7,14 @@ mask) so the head still writes through its own value/output weights:
   only -inf is undefined (NaN); we define the result as an all-zero pattern (the hook on
   ``hook_pattern`` writes zeros there), so the head's output ``z`` is exactly zero and the run
   equals zero-ablating the head's ``hook_z``.
-- ``mean``: every prompt's scores are replaced by the mean score at that (query, key) position
-  over the task's prompts (only prompts long enough to have the query position count; keys
-  after the query stay masked). The head then attends by position only, with the average
-  profile it has on the task, and its content-dependent routing is removed. (The other common
-  choice, a uniform pattern over the visible keys, ignores the head's positional preferences.)
+- ``mean`` (seed 004's notebook): every score of a query row is replaced by the mean of that
+  row's scores over the keys it can see, so the head attends uniformly to every visible key.
+  This removes what the head attends to at any lag; it is the notebook's definition.
+- ``prompt-mean``: every prompt's scores are replaced by the mean score at that (query, key)
+  position over the task's prompts (only prompts long enough to have the query position
+  count). The head keeps its average positional profile and loses its content-dependent
+  routing; on fixed-lag tasks (repeated sequences of one length) the mean profile keeps the
+  lag, so this ablates little there - use ``mean`` for induction across lags.
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ from .patching import Chunk, HookList, cache_activations, run_rows
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-MODES = ("zero", "mean")
+MODES = ("zero", "mean", "prompt-mean")
 
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise CircuitCheckError(
             f"unknown attention ablation mode {mode!r}{did_you_mean(str(mode), MODES)}; use "
-            "'zero' (the head attends nowhere) or 'mean' (mean scores over the task's prompts)")
+            "'zero' (the head attends nowhere), 'mean' (each query row's scores replaced by "
+            "their mean: uniform over the visible keys) or 'prompt-mean' (each score replaced "
+            "by its mean over the task's prompts)")
     return mode
 
 
@@ -78,6 +83,15 @@ def ablation_hooks(chunk: Chunk, head_mask: "torch.Tensor", mode: str,
 
             hooks += [(f"blocks.{layer}.attn.hook_attn_scores", scores),
                       (f"blocks.{layer}.attn.hook_pattern", pattern)]
+        elif mode == "mean":
+            def scores(x: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
+                seen = torch.isfinite(x)
+                row = torch.where(seen, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                row = row.sum(-1, keepdim=True) / seen.sum(-1, keepdim=True).clamp(min=1)
+                flat = torch.where(seen, row.expand_as(x), x)  # masked keys stay -inf
+                return torch.where(mask, flat, x)
+
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", scores))
         else:
             mean = mean_scores[layer][:, :P, :P].to(chunk.device)
 
@@ -107,7 +121,8 @@ def run_attention_ablation(model: Any, enc: EncodedTask, masks: "torch.Tensor", 
     first = torch.where(masks.any(2), torch.arange(L), L).min(1).values.clamp(max=L - 1)  # [V]
     starts = sorted({int(x) for x in first.tolist() if x > 0})
     # one clean pass caches the start residuals (and, for mean scores, the attention scores)
-    score_names = [f"blocks.{l}.attn.hook_attn_scores" for l in layers] if mode == "mean" else []
+    score_names = ([f"blocks.{l}.attn.hook_attn_scores" for l in layers]
+                   if mode == "prompt-mean" else [])
     resid_names = [f"blocks.{l}.hook_resid_pre" for l in starts]
     acts = cache_activations(model, enc.tokens, score_names + resid_names,
                              batch_size=batch_size) if score_names or resid_names else {}

@@ -82,7 +82,7 @@ class Measurement(BoundsFromCi):
         }
         if self.circuit is not None:
             out["circuit"] = self.circuit.to_dict()
-        for key in ("heatmaps", "points", "bars", "patterns", "secondary", "warning",
+        for key in ("heatmaps", "points", "bars", "lines", "patterns", "secondary", "warning",
                     "per_prompt_label"):
             if key in self.details:
                 out[key] = self.details[key]

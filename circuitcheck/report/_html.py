@@ -227,6 +227,9 @@ def _figures(r: dict[str, Any]) -> str:
         figs.append(_svg.scatter(p.get("x") or [], p.get("y") or [], p.get("labels") or [],
                                  title=str(title), xlabel=p.get("xlabel", ""),
                                  ylabel=p.get("ylabel", "")))
+    for title, c in (m.get("lines") or {}).items():
+        figs.append(_svg.lines(c.get("x") or [], c.get("series") or {}, title=str(title),
+                               xlabel=c.get("xlabel", ""), ylabel=c.get("ylabel", "")))
     for title, b in (m.get("bars") or {}).items():
         figs.append(_svg.bars(b.get("labels") or [], b.get("values") or [], title=str(title)))
     for title, p in (m.get("patterns") or {}).items():

@@ -245,6 +245,51 @@ def scatter(x: Sequence[Any], y: Sequence[Any], labels: Sequence[Any] = (), *, t
     return "".join(out)
 
 
+#: Okabe-Ito: a categorical palette that colour-blind readers can tell apart.
+_SERIES = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+
+
+def lines(x: Sequence[Any], series: dict[str, dict[str, Any]], *, title: str,
+          xlabel: str = "", ylabel: str = "") -> str:
+    """One line per series over the shared ``x`` (each ``{"y": [...]}``, optionally ``lo`` /
+    ``hi`` for an interval band and ``dashed``), with a legend; points carry tooltips."""
+    xs = [num(v) for v in x]
+    ys = [num(v) for s in series.values() for key in ("y", "lo", "hi") for v in s.get(key) or ()]
+    width = 460.0
+    height = 300.0 + 14 * max(len(series) - 6, 0)
+    ax = _Axes((56, 26, 250, height - 74), span(v for v in xs if v is not None),
+               span(v for v in ys if v is not None))
+    out = [_open(width, height, title, "lines"), _heading(width, title), ax.frame(xlabel, ylabel)]
+    for i, (name, s) in enumerate(series.items()):
+        colour = _SERIES[i % len(_SERIES)]
+        pts = [(a, num(b)) for a, b in zip(xs, s.get("y") or ()) if a is not None]
+        lo, hi = s.get("lo") or (), s.get("hi") or ()
+        band = [(a, num(l), num(h)) for a, l, h in zip(xs, lo, hi) if a is not None]
+        band = [(a, l, h) for a, l, h in band if l is not None and h is not None]
+        if len(band) > 1:
+            ring = [(a, h) for a, _, h in band] + [(a, l) for a, l, _ in reversed(band)]
+            out.append('<polygon class="band" points="' + " ".join(
+                f"{ax.x(a):.1f},{ax.y(b):.1f}" for a, b in ring)
+                + f'" fill="{colour}" fill-opacity="0.12" stroke="none"/>')
+        dash = ' stroke-dasharray="5 3"' if s.get("dashed") else ""
+        seg = [(a, b) for a, b in pts if b is not None]
+        if len(seg) > 1:
+            out.append('<polyline points="' + " ".join(f"{ax.x(a):.1f},{ax.y(b):.1f}"
+                                                       for a, b in seg)
+                       + f'" fill="none" stroke="{colour}" stroke-width="1.6"{dash}/>')
+        for a, b in seg:
+            out.append(f'<circle class="point" cx="{ax.x(a):.1f}" cy="{ax.y(b):.1f}" r="2.8" '
+                       f'fill="{colour}"><title>{_e(name)}: ({fmt(a)}, {fmt(b)})</title></circle>')
+        ly = 40 + 14 * i
+        out.append(f'<line x1="{ax.x0 + ax.w + 12:.1f}" y1="{ly - 4}" x2="{ax.x0 + ax.w + 30:.1f}"'
+                   f' y2="{ly - 4}" stroke="{colour}" stroke-width="1.6"{dash}/>')
+        out.append(_text(ax.x0 + ax.w + 34, ly, name, "start", ' font-size="10"'))
+    if not any(num(v) is not None for s in series.values() for v in s.get("y") or ()):
+        out.append(_text(ax.x0 + ax.w / 2, height / 2, "no finite points"))
+    out.append("</svg>")
+    return "".join(out)
+
+
 def bars(labels: Sequence[Any], values: Sequence[Any], *, title: str) -> str:
     """Vertical bars from zero, the value written on each; missing values say ``n/a``."""
     items = list(zip(labels, values))
