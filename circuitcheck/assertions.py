@@ -410,7 +410,8 @@ def assert_robust(model: Any, task: Task, circuit: Circuit, *, at_least: float |
 def assert_selection(model: Any, task: Task, *, top: int | None = None,
                      percentile: float | None = None, retained_at_least: float | None = None,
                      ablated_at_most: float | None = None, by: str = "importance",
-                     trials: int = 4096, name: str | None = None, **kwargs: Any) -> Any:
+                     score: str = "effect", trials: int = 4096, name: str | None = None,
+                     **kwargs: Any) -> Any:
     """Assert the notebook's outlier claim: the heads stochastic ablation selects (the ``top``
     k by ``by``, or those above ``percentile``) keep at least ``retained_at_least`` of the full
     model's metric when kept alone, and leave at most ``ablated_at_most`` when ablated.
@@ -418,8 +419,10 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     Both fractions are relative to the full model (mean metric over the task's prompts), each
     with a paired bootstrap interval over prompts (``faithfulness`` / ``necessity`` with
     ``normalize="ratio"``): held when every given bound is met by the whole interval, failed
-    when an interval is wholly on the wrong side, inconclusive otherwise. Keyword arguments go
-    to ``cc.stochastic_ablation`` (ablation, metric, seed, ...).
+    when an interval is wholly on the wrong side, inconclusive otherwise. ``by="union"`` with
+    ``percentile`` takes the outliers of either regime, and ``score="notebook"`` ranks by seed
+    000's counting scores (top-1 only): the notebook's selection as written. Keyword arguments
+    go to ``cc.stochastic_ablation`` (ablation, metric, seed, trial, ...).
     """
     __tracebackhide__ = True
 
@@ -431,9 +434,12 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
                         (ablated_at_most, "ablated_at_most")):
         if bound is not None:
             _check_threshold(bound, what)
+    if by == "union" and top:
+        raise ValueError("by='union' selects the outliers of both regimes: give percentile=, "
+                         "not top=")
     mc = stochastic_ablation(model, task, trials=trials, **kwargs)
-    eff = mc._regime(by)
-    heads = eff.ranking()[:top] if top else mc.select(percentile, by=by)
+    eff = mc._regime("importance" if by == "union" else by)
+    heads = mc.ranked(by, score)[:top] if top else mc.select(percentile, by=by, score=score)
     abl = {"ablation": kwargs.get("ablation", "mean"), "metric": kwargs.get("metric", "top1"),
            "reference": kwargs.get("reference"), "seed": mc.seed, "normalize": "ratio"}
     selected = Circuit({"selected": heads}, name="selected")

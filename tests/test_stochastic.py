@@ -92,3 +92,61 @@ def test_bad_arguments(tiny):
         cc.stochastic_ablation(tiny, task, keep_prob=1.0)
     with pytest.raises(cc.CircuitCheckError, match="head 5.0 is out of range"):
         cc.stochastic_ablation(tiny, task, heads=["5.0"])
+
+
+def test_notebook_scores_count_masks_over_successes_and_failures(tiny):
+    """Seed 000's own scores: Σ mask over successes / Σ (1 - mask) over failures, sum 1."""
+    task = own_task(tiny, n=6)
+    mc = cc.stochastic_ablation(tiny, task, trials=256, ablation="zero", metric="top1", seed=3)
+    for regime in ("importance", "exclusion"):
+        raw = mc.raw[regime]
+        masks, y = raw["masks"].astype(float), raw["metric"]
+        counts = masks[y == 1].sum(0) if regime == "importance" else (1 - masks[y == 0]).sum(0)
+        eff = getattr(mc, regime)
+        np.testing.assert_allclose(eff.notebook, counts / counts.sum())
+        assert eff.notebook.sum() == pytest.approx(1.0)
+    # the notebook's outliers: the union over both regimes at a percentile
+    union = mc.select(80, by="union", score="notebook")
+    imp = mc.select(80, by="importance", score="notebook")
+    exc = mc.select(80, by="exclusion", score="notebook")
+    assert union == list(dict.fromkeys(imp + exc)) and set(imp) | set(exc) == set(union)
+    assert "notebook" in mc.importance.table().columns
+    # a continuous metric has no success/failure per trial: no counting score, a clear error
+    ld = cc.stochastic_ablation(tiny, task, trials=32, ablation="zero", metric="logit_diff",
+                                seed=3, keep_prob=0.5, exclusion_keep_prob=None)
+    assert ld.importance.notebook is None
+    with pytest.raises(cc.CircuitCheckError, match="not binary"):
+        ld.select(90, score="notebook")
+    with pytest.raises(cc.CircuitCheckError, match="score must be"):
+        ld.select(90, score="counts")
+
+
+def test_notebook_trials_run_each_mask_on_every_prompt(tiny, tmp_path):
+    task = own_task(tiny, n=5)
+    mc = cc.stochastic_ablation(tiny, task, trials=23, ablation="zero", metric="logit_diff",
+                                keep_prob=0.5, exclusion_keep_prob=None, seed=4, trial="notebook")
+    raw = mc.raw["importance"]
+    assert len(raw["metric"]) == 25  # rounded up to whole masks: 5 masks x 5 prompts
+    np.testing.assert_array_equal(raw["prompt"], np.tile(np.arange(5), 5))
+    grouped = raw["masks"].reshape(5, 5, *raw["masks"].shape[1:])
+    assert (grouped == grouped[:, :1]).all()  # one mask per group of prompts
+    assert len({g[0].tobytes() for g in grouped}) > 1
+    # the same mask on every prompt: its rows equal a plain run of that mask per prompt
+    circuit_mask = torch.from_numpy(grouped[0, 0])[None]
+    from circuitcheck.interventions import Ablation, Variants, ablation_values, run_variants
+    from circuitcheck.measures.metrics import get_metric
+
+    enc = task.encode(tiny)
+    m = get_metric("logit_diff", has_wrong=True)
+    vals = ablation_values(tiny, enc, Ablation.parse("zero"), None)
+    plain = m(run_variants(tiny, enc, Variants(circuit_mask), vals))[0]
+    np.testing.assert_allclose(raw["metric"][:5], plain, rtol=1e-5, atol=1e-5)
+    # the model's name and shape travel with the raw trials
+    path = mc.save(tmp_path / "nb.npz")
+    meta = StochasticAblation.load_meta(path)
+    assert meta["trial"] == "notebook" and meta["seed"] == 4 and meta["metric"] == "logit_diff"
+    assert meta["shape"]["n_layers"] == tiny.cfg.n_layers
+    assert meta["shape"]["n_heads"] == tiny.cfg.n_heads
+    assert meta["model"] == mc.notes["model"]["name"]
+    with pytest.raises(cc.CircuitCheckError, match="trial must be"):
+        cc.stochastic_ablation(tiny, task, trials=8, trial="mask")

@@ -73,7 +73,8 @@ register(ClaimKind(
             Param("trials", INT, doc="trial budget of the sequential test"),
             Param("confidence", NUMBER), Param("keep_prob", NUMBER),
             Param("exclusion_keep_prob", NUMBER), Param("ablation", TEXT),
-            Param("metric", TEXT), Param("reference", TEXT), Param("min_trials", INT)),
+            Param("metric", TEXT), Param("reference", TEXT), Param("min_trials", INT),
+            Param("trial", TEXT, doc="prompt (one mask per prompt) or notebook (every prompt)")),
     verdict="held when every claimed head's simultaneous interval lies above every other "
             "head's, failed when another head is surely more important, inconclusive otherwise",
     records="<by> effect", figures=("histogram", "heatmap", "points", "bars"),
@@ -130,7 +131,10 @@ register(ClaimKind(
             Param("percentile", NUMBER, doc="select the heads above it (or top)"),
             Param("retained_at_least", NUMBER, doc="kept alone, fraction of the full model"),
             Param("ablated_at_most", NUMBER, doc="ablated, fraction of the full model"),
-            Param("by", TEXT), Param("trials", INT), Param("keep_prob", NUMBER),
+            Param("by", TEXT, doc="importance, exclusion or union (either regime's outliers)"),
+            Param("score", TEXT, doc="effect (regression) or notebook (seed 000's counts)"),
+            Param("trial", TEXT, doc="prompt (one mask per prompt) or notebook (every prompt)"),
+            Param("trials", INT), Param("keep_prob", NUMBER),
             Param("exclusion_keep_prob", NUMBER), Param("ablation", TEXT),
             Param("metric", TEXT), Param("reference", TEXT)),
     verdict=("held when every given fraction's interval (over prompts; for top-1 at least "

@@ -14,7 +14,14 @@ fixed effects when there are trials to spare). The regression uses every trial f
 and removes the other heads' variance, so it needs far fewer trials than comparing rates one
 head at a time; the rates with / without each head (``rate_kept``, ``rate_ablated``) and the
 notebook's normalised scores (``rate_kept / rate - 1`` for importance,
-``fail_rate_ablated / fail_rate - 1`` for exclusion) are reported too.
+``fail_rate_ablated / fail_rate - 1`` for exclusion) and its own counting scores
+(``HeadEffects.notebook``, see ``_notebook_scores``: Σ mask over successes / Σ (1 − mask) over
+failures, each normalised to sum 1) are reported too.
+
+A trial is one (mask, prompt) row. By default each mask meets one prompt (prompts cycled):
+the most independent masks per forward. ``trial="notebook"`` runs each mask on every prompt,
+as seed 000's loop does (``trials`` then counts rows, i.e. masks × prompts); the estimator is
+the same, with fewer distinct masks for the same budget.
 
 Trials run in batches of many masks per forward pass, in rounds that double in size; with a
 claim to decide (``heads=`` or ``top=``), sampling stops once simultaneous intervals
@@ -39,6 +46,7 @@ from ..interventions import Ablation, Variants, ablation_values, run_variants
 from ..stats import wilson_ci
 from ..tasks import Task
 from ._result import ResultProtocol, jsonable
+from ._notebook_scores import notebook_scores
 from .metrics import get_metric
 
 
@@ -59,6 +67,7 @@ class HeadEffects(ResultProtocol):
     confidence: float
     rate: float = float("nan")  # mean metric over the regime's trials
     degenerate: str | None = None  # why the regime's trials cannot inform, in words
+    notebook: np.ndarray | None = None  # seed 000's counting score (sums to 1); binary metrics
 
     def ranking(self) -> list[Head]:
         H = self.effect.shape[1]
@@ -74,7 +83,10 @@ class HeadEffects(ResultProtocol):
                               "ci_low": float(self.ci_low[h]), "ci_high": float(self.ci_high[h]),
                               "rate_kept": float(self.rate_kept[h]),
                               "rate_ablated": float(self.rate_ablated[h]),
-                              "normalized": float(self.normalized[h])} for h in self.ranking()])
+                              "normalized": float(self.normalized[h]),
+                              **({"notebook": float(self.notebook[h])}
+                                 if self.notebook is not None else {})}
+                             for h in self.ranking()])
 
     @property
     def values(self) -> np.ndarray:
@@ -87,7 +99,7 @@ class HeadEffects(ResultProtocol):
                          "rate_kept": self.rate_kept, "rate_ablated": self.rate_ablated,
                          "normalized": self.normalized, "trials": self.trials,
                          "confidence": self.confidence, "rate": self.rate,
-                         "degenerate": self.degenerate})
+                         "degenerate": self.degenerate, "notebook": self.notebook})
 
     def summary(self) -> str:
         if self.degenerate:
@@ -149,11 +161,37 @@ class StochasticAblation(ResultProtocol):
     def trials_used(self) -> int:
         return int(sum(len(r["metric"]) for r in self.raw.values()))
 
-    def select(self, percentile: float = 90.0, by: str = "importance") -> list[Head]:
-        """Outlier heads: effect above the given percentile of all heads (as the notebook)."""
-        eff = self._regime(by).effect
-        cut = np.percentile(eff, percentile)
-        return [h for h in self._regime(by).ranking() if eff[h] > cut]
+    def select(self, percentile: float = 90.0, by: str = "importance",
+               score: str = "effect") -> list[Head]:
+        """Outlier heads: score above the given percentile of all heads.
+
+        ``by``: a regime, or ``"union"`` — the heads that are outliers in either regime, as the
+        notebook selects them (importance outliers first). ``score``: ``"effect"`` (the
+        regression estimate) or ``"notebook"`` (seed 000's counting score; binary metrics)."""
+        if by == "union":
+            ran = [r for r in ("importance", "exclusion") if getattr(self, r) is not None]
+            picked = [h for r in ran for h in self.select(percentile, r, score)]
+            return list(dict.fromkeys(picked))
+        vals = self._scores(by, score)
+        cut = np.nanpercentile(vals, percentile)
+        return [h for h in self.ranked(by, score) if vals[h] > cut]
+
+    def ranked(self, by: str = "importance", score: str = "effect") -> list[Head]:
+        """Every head, best first, by regime ``by``'s ``score`` (see ``select``)."""
+        vals = np.nan_to_num(self._scores(by, score), nan=-np.inf)
+        H = vals.shape[1]
+        return [(int(i // H), int(i % H)) for i in np.argsort(-vals, axis=None, kind="stable")]
+
+    def _scores(self, by: str, score: str) -> np.ndarray:
+        if score not in ("effect", "notebook"):
+            raise CircuitCheckError(f"score must be 'effect' or 'notebook', got {score!r}")
+        r = self._regime(by)
+        vals = r.effect if score == "effect" else r.notebook
+        if vals is None:
+            raise CircuitCheckError(f"the notebook's counting scores need a success/failure per "
+                                    f"trial; metric {self.metric!r} is not binary: use "
+                                    f"metric='top1' or score='effect'")
+        return vals
 
     def _regime(self, by: str) -> HeadEffects:
         r = getattr(self, by, None) if by in ("importance", "exclusion") else None
@@ -171,10 +209,23 @@ class StochasticAblation(ResultProtocol):
             arrays[f"{regime}_metric"] = r["metric"]
             arrays[f"{regime}_prompt"] = r["prompt"]
             arrays[f"{regime}_keep_prob"] = np.array(r["keep_prob"])
-        arrays["meta"] = np.array([self.metric, self.ablation, str(self.seed)])
+        model = self.notes.get("model", {})
+        arrays["meta"] = np.array([self.metric, self.ablation, str(self.seed),
+                                   str(model.get("name", "")), str(self.notes.get("trial", ""))])
+        arrays["model_shape"] = np.array(model.get("shape", []), dtype=np.int64)
         path = Path(path)
         np.savez_compressed(path, **arrays)
         return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+
+    @staticmethod
+    def load_meta(path: str | Path) -> dict[str, Any]:
+        """What a saved run was: metric, ablation, seed, model name and shape, trial kind."""
+        data = np.load(path, allow_pickle=False)
+        meta = [str(x) for x in data["meta"]] + ["", ""]
+        shape = [int(x) for x in data["model_shape"]] if "model_shape" in data else []
+        return {"metric": meta[0], "ablation": meta[1], "seed": int(meta[2]),
+                "model": meta[3], "trial": meta[4],
+                "shape": dict(zip(("n_layers", "n_heads", "d_model", "n_ctx"), shape))}
 
     @staticmethod
     def load_raw(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
@@ -248,7 +299,7 @@ def estimate(masks: np.ndarray, metric: np.ndarray, prompt: np.ndarray, keep_pro
                        (effect + z * se).reshape(shape), rate_kept.reshape(shape),
                        rate_abl.reshape(shape), (lo.reshape(shape), hi.reshape(shape)),
                        np.asarray(normalized).reshape(shape), T, confidence, rate,
-                       degenerate(y, ends))
+                       degenerate(y, ends), notebook_scores(masks, y, regime))
 
 
 #: The informative range of a regime's mean metric, as a fraction of the way from every head
@@ -312,7 +363,7 @@ def stochastic_ablation(
     metric: str = "top1", reference: str | None = None, heads: Iterable[Any] | None = None,
     top: int | None = None, by: str = "importance", confidence: float = 0.95,
     min_trials: int = 256, batch_size: int | None = None, progress: Any = None,
-    calibration_trials: int = 64,
+    calibration_trials: int = 64, trial: str = "prompt",
 ) -> StochasticAblation:
     """Score every head by random ablation; ``trials`` is the budget per regime.
 
@@ -331,6 +382,10 @@ def stochastic_ablation(
     separated top-k), sampling in regime ``by`` stops as soon as the claim is decided at
     ``confidence`` (intervals corrected for all heads and every look); the other regime then
     gets the same number of trials. Without a claim the whole budget is used.
+
+    ``trial``: ``"prompt"`` (each mask on one prompt, prompts cycled) or ``"notebook"`` (each
+    mask on every prompt, seed 000's loop; budgets round up to whole masks). The model's name
+    and shape go with the raw trials (``notes["model"]``, ``save``/``load_meta``).
     """
     import torch
 
@@ -344,6 +399,9 @@ def stochastic_ablation(
     min_trials = _validate.count(min_trials, "min_trials")
     confidence = _validate.open_unit(confidence, "confidence")
     seed = _validate.seed(seed)
+    if trial not in ("prompt", "notebook"):
+        raise CircuitCheckError(f"trial must be 'prompt' (one mask per prompt) or 'notebook' "
+                                f"(each mask on every prompt), got {trial!r}")
     if by not in ("importance", "exclusion"):
         raise CircuitCheckError(f"by must be 'importance' or 'exclusion', got {by!r}")
     seed = _settings.seed() if seed is None else seed
@@ -385,8 +443,14 @@ def stochastic_ablation(
         target = min(min_trials, budget) if decides else budget
         while True:
             n_new = target - len(metric_all)
-            masks = torch.rand(n_new, L, H, generator=gen) < p
-            prompt = torch.arange(len(metric_all), target) % enc.n
+            if trial == "notebook":  # whole masks, each on every prompt
+                n_masks = -(-n_new // enc.n)
+                masks = (torch.rand(n_masks, L, H, generator=gen) < p).repeat_interleave(enc.n, 0)
+                prompt = torch.arange(enc.n).repeat(n_masks)
+                target = len(metric_all) + len(prompt)
+            else:
+                masks = torch.rand(n_new, L, H, generator=gen) < p
+                prompt = torch.arange(len(metric_all), target) % enc.n
             readout = run_variants(model, enc, Variants(masks), values, prompt_of=prompt,
                                    batch_size=batch_size, progress=bar,
                                    reads=m.reads or None)
@@ -412,12 +476,21 @@ def stochastic_ablation(
     return StochasticAblation(effects.get("importance"), effects.get("exclusion"), raw, m.name,
                               values.describe(), seed, trials, decision,
                               {"looks": looks, "claimed": [list(h) for h in claimed], "top": top,
+                               "trial": trial, "model": _model_meta(model),
                                "ends": {"all ablated": ends[0], "full": ends[1]},
                                **({"calibration": {"regimes": calibration,
                                                    "trials": sum(len(c["probes"]) *
                                                                  calibration_trials
                                                                  for c in calibration.values())}}
                                   if calibration else {})})
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    """The model's name and shape, stored with the raw trials."""
+    cfg = model.cfg
+    name = getattr(model, "cc_name", None) or getattr(cfg, "model_name", "") or ""
+    return {"name": str(name), "shape": [int(cfg.n_layers), int(cfg.n_heads),
+                                         int(cfg.d_model), int(cfg.n_ctx)]}
 
 
 #: Where a calibrated regime's mean metric sits, as a fraction of the way from every head
