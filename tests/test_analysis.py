@@ -292,3 +292,15 @@ def test_the_issue_names_are_the_same_measurements(ioi, planted):
     pm, ptask = planted
     first = cc.head_scores(pm, "first_token", task=ptask)
     np.testing.assert_array_equal(first.scores, cc.head_scores(pm, "bos", task=ptask).scores)
+
+
+def test_full_ov_scores_refuse_different_embedding_and_unembedding_vocabularies():
+    """W_E[t] -> ... -> W_U reads token t at both ends: meaningless when the vocabularies differ."""
+    import types
+
+    odd = types.SimpleNamespace(W_E=torch.zeros(10, 4), W_U=torch.zeros(4, 12),
+                                cfg=types.SimpleNamespace(d_vocab=10, d_vocab_out=12))
+    for call in (lambda: ov_eigen_scores(odd, circuit="full"),
+                 lambda: ov_copying(odd, names=[1, 2])):
+        with pytest.raises(cc.CircuitCheckError, match="embeds 10 tokens and unembeds 12"):
+            call()

@@ -33,6 +33,17 @@ from ._scores import HeadScores
 CIRCUITS = ("ov", "full")
 
 
+def _shared_vocabulary(model: Any, what: str) -> None:
+    """Refuse a full-OV score when the embedding and the unembedding index different tokens."""
+    n_in, n_out = int(model.W_E.shape[0]), int(model.W_U.shape[-1])
+    if n_in != n_out:
+        raise CircuitCheckError(
+            f"{what} compares each input token with the same token at the output, but this "
+            f"model embeds {n_in} tokens and unembeds {n_out}: the two vocabularies differ. "
+            f"Use ov_eigen_scores(model, circuit='ov') (W_V W_O only), or a model whose "
+            f"embedding and unembedding share one vocabulary")
+
+
 def ov_eigen_scores(model: Any, *, circuit: str = "ov") -> HeadScores:
     """Σ Re(λ) / Σ |λ| of every head's OV circuit (see the module docstring); exact numbers,
     so the interval is the value itself."""
@@ -40,6 +51,8 @@ def ov_eigen_scores(model: Any, *, circuit: str = "ov") -> HeadScores:
 
     if circuit not in CIRCUITS:
         raise CircuitCheckError(f"circuit must be one of {CIRCUITS}, got {circuit!r}")
+    if circuit == "full":
+        _shared_vocabulary(model, "the full OV circuit's eigenvalue score")
     W_V = W_V_per_head(model).double()  # [L, H, d, dh]
     W_O = model.W_O.detach().double()   # [L, H, dh, d]
     if circuit == "ov":
@@ -87,6 +100,7 @@ def ov_copying(model: Any, task: Any = None, *, names: Sequence[Any] | None = No
 
     k = _validate.count(k, "k")
     confidence = _validate.open_unit(confidence, "confidence")
+    _shared_vocabulary(model, "the full-OV copying score")
     ids = name_tokens(model, task, names)
     if k > model.cfg.d_vocab:
         raise CircuitCheckError(f"k={k} is more than the vocabulary ({model.cfg.d_vocab})")
