@@ -13,7 +13,7 @@ from typing import Any
 from .assertions import _check_threshold, _finish
 from .circuit import format_head, parse_head
 from .measures import Measurement
-from .measures.activation_patching import patching_recovery
+from .measures.activation_patching import patching_recovery, residual_patching_recovery
 from .measures.attention_ablation import attention_ablation_effect
 from .measures.dla import direct_effect
 from .tasks import Task
@@ -45,6 +45,22 @@ def assert_patching_recovers(model: Any, task: Task, heads: Any, *, at_least: fl
     if m.details.get("top"):
         extra.append("  best single heads  " + ", ".join(f"{h} {v:+.2f}"
                                                         for h, v in m.details["top"]))
+    return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
+
+
+def assert_residual_patching(model: Any, task: Task, *, layer: int, at_least: float,
+                             at: str = "end", name: str | None = None,
+                             allow_inconclusive: bool = False, **kwargs: Any) -> Measurement:
+    """Assert that patching the residual stream of ``layer`` at position ``at`` (clean →
+    corrupted) recovers at least ``at_least`` of the metric (the interval over prompts must
+    clear it). Keyword arguments go to ``residual_patching_recovery`` (component, metric,
+    seed, confidence, heatmap)."""
+    __tracebackhide__ = True
+    at_least = _check_threshold(at_least, "at_least")
+    m = residual_patching_recovery(model, task, layer=layer, at=at, **kwargs)
+    comp = m.details.get("component", "resid_pre")
+    claim = name or f"patching {comp} of layer {layer} at {at} recovers {at_least:.0%}"
+    extra = [f"  patched    {comp} of layer {layer} at {at!r}, clean into corrupted"]
     return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 

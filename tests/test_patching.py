@@ -494,3 +494,37 @@ def test_bad_inputs_are_named(tiny, task_for):
         with pytest.raises(CircuitError, match="share"):  # a head set's k/v: still ambiguous
             P.patch_head_set(tiny, task, ["1.1"], component="k")
         # path patching into k / v is per query head (tests/test_path_depth.py)
+
+
+def test_residual_patching_claim_equals_a_loop_at_the_named_position(tiny, task_for):
+    """The YAML ``residual_patching`` claim: one layer's resid_pre at ``end``, clean into
+    corrupted, against one unpadded forward per prompt; the claim holds and fails by it."""
+    from circuitcheck.assertions_patching import assert_residual_patching
+    from circuitcheck.measures.activation_patching import residual_patching_recovery
+
+    task = task_for(tiny)
+    enc = task.encode(tiny)
+    clean, corr = _baselines(tiny, enc)
+    layer, name = 1, "blocks.1.hook_resid_pre"
+    num = []
+    for i in range(enc.n):
+        p = int(enc.lengths[i]) - 1  # "end": the last token of prompt i
+        src = _cache(tiny, _ids(enc, i, "clean"))[1][name]
+
+        def hook(x, hook, src=src, p=p):
+            x = x.clone()
+            x[:, p] = src[:, p]
+            return x
+        num.append(_ld(_run(tiny, _ids(enc, i, "corr"), [(name, hook)]), enc, i) - corr[i])
+    want = np.mean(num) / np.mean(np.asarray(clean) - np.asarray(corr))
+    m = residual_patching_recovery(tiny, task, layer=layer, at="end")
+    assert m.value == pytest.approx(want, abs=1e-4)
+    assert m.ci[0] < m.value < m.ci[1]
+    assert "heatmaps" in m.details
+    with _claims.private() as rec:
+        assert_residual_patching(tiny, task, layer=layer, at_least=m.ci[0] - 0.05, heatmap=False)
+        with pytest.raises(AssertionError, match="residual|layer 1"):
+            assert_residual_patching(tiny, task, layer=layer, at_least=m.ci[1] + 0.05)
+    assert len(rec) == 2
+    with pytest.raises(CircuitCheckError, match="layer must be an integer in 0..1"):
+        residual_patching_recovery(tiny, task, layer=7)

@@ -158,6 +158,20 @@ register(ClaimKind(
     example={"heads": ["0.2", "1.1"], "at_least": 0.5}))
 
 register(ClaimKind(
+    name="residual_patching",
+    summary="patching the residual stream of one layer at one position recovers the metric",
+    target="task", assertion=AP + "assert_residual_patching",
+    measure=MP + "activation_patching:residual_patching_recovery",
+    params=(Param("layer", INT, True, "the patched layer"),
+            Param("at_least", NUMBER, True, "required recovered fraction"),
+            Param("at", TEXT, doc="the named position (default end)"),
+            Param("component", TEXT, doc="resid_pre, attn_out or mlp_out"), Param("metric", TEXT),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL),
+            Param("heatmap", BOOL, doc="also every layer at that position, for the report")),
+    verdict=INTERVAL, records="residual patching recovery", figures=("histogram", "heatmap"),
+    example={"layer": 0, "at": "end", "at_least": 0.5}))
+
+register(ClaimKind(
     name="direct_effect",
     summary="these heads directly write a share of the logit difference (DLA)",
     target="heads", assertion=AP + "assert_direct_effect", measure=MP + "dla:direct_effect",

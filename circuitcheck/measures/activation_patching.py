@@ -254,3 +254,33 @@ def patching_recovery(model: Any, task: Task, heads: Any, *, component: str = "z
         model=model, task=task, what="the corrupted prompts",
         baselines={"clean": float(c.mean()), "corrupted": float(k.mean()),
                    "patched": float(patched.mean())}, details=details)
+
+
+def residual_patching_recovery(model: Any, task: Task, *, layer: int, at: str = "end",
+                               component: str = "resid_pre",
+                               metric: "str | Metric" = "logit_diff", seed: int | None = None,
+                               confidence: float = 0.95, heatmap: bool = True,
+                               batch_size: int | None = None) -> Measurement:
+    """How much of the clean behaviour patching the residual stream (``component`` of ``layer``
+    at the named position ``at``, clean → corrupted) restores, with an interval over prompts:
+    (F(patched) - F(corrupted)) / (F(clean) - F(corrupted)). With ``heatmap`` every layer is
+    patched at ``at`` for the report (one variant per layer, each starting at its layer)."""
+    check_component(component, RESIDUAL_COMPONENTS)
+    L = model.cfg.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < L:
+        raise CircuitCheckError(f"layer must be an integer in 0..{L - 1} (the model has {L} "
+                                f"layers), got {layer!r}")
+    layers = None if heatmap else [int(layer)]
+    grid = patch_residual(model, task, component=component, positions=[at], metric=metric,
+                          batch_size=batch_size, layers=layers)
+    details: dict[str, Any] = {"layer": int(layer), "at": at, "component": component}
+    if heatmap:
+        details["heatmaps"] = {f"patching {component} at {at} (denoise)": grid.heatmap()}
+    patched = grid.per_prompt[int(layer), 0]
+    s = _setup(model, task, metric)
+    return _ratio_measurement(
+        "residual patching recovery", patched, grid.corrupted, grid.clean, s.metric,
+        seed=_seed(seed), confidence=confidence, model=model, task=task,
+        what="the corrupted prompts",
+        baselines={"clean": float(np.mean(grid.clean)), "corrupted": float(np.mean(grid.corrupted)),
+                   "patched": float(np.nanmean(patched))}, details=details)
