@@ -19,7 +19,7 @@ from .circuit import Circuit, format_head, parse_head
 from .edge_circuit import EdgeCircuit
 from .errors import CircuitError
 from .measures import (Measurement, compare_selection, equivalence, faithfulness, head_drops,
-                       head_scores, localization, minimality_test, necessity,
+                       head_scores, localization, minimality, minimality_test, necessity,
                        stochastic_ablation, sweep)
 from .measures.stochastic import _z
 from .stats import FAILED, HOLDS, INCONCLUSIVE, UNMEASURABLE, verdict
@@ -367,6 +367,38 @@ def assert_minimal(model: Any, task: Task, circuit: Circuit, *, alpha: float = 0
     test = minimality_test(model, task, circuit, alpha=alpha, **kwargs)
     _test_record(name or f"{circuit.name} is minimal", test, test.rejected, model, task)
     return test
+
+
+def assert_minimality_scores(model: Any, task: Task, circuit: Circuit, *, at_least: float,
+                             k_sets: Any = None, name: str | None = None,
+                             allow_inconclusive: bool = False, **kwargs: Any) -> Measurement:
+    """Assert every head v of the circuit has minimality score |F(C \\ K_v) - F(C \\ (K_v ∪ {v}))|
+    / |F(M)| of at least ``at_least`` (seed 002's check; ``k_sets`` maps a head to its K, as the
+    notebook's ``K_FOR_EACH_COMPONENT``). Decided on the head whose interval is the deciding
+    one: failed when some head's whole interval is below the bound, held when the lowest
+    interval clears it. Keyword arguments go to ``cc.minimality`` (ablation, metric, ...)."""
+    __tracebackhide__ = True
+    from dataclasses import replace
+
+    at_least = _check_threshold(at_least, "at_least")
+    if k_sets is not None and not isinstance(k_sets, dict):
+        raise CircuitError(f"k_sets must map a head to the heads of its K set, e.g. "
+                           f"{{'9.9': ['10.0']}}, got {k_sets!r}")
+    result = minimality(model, task, circuit, k_sets=k_sets, **kwargs)
+    scores = result.scores
+    short = [h for h, m in scores.items() if m.ci[1] < at_least]
+    head = (min(short, key=lambda h: scores[h].ci[1]) if short
+            else min(scores, key=lambda h: scores[h].ci[0]))
+    labels = [format_head(h) for h in scores]
+    m = replace(scores[head], details={**scores[head].details, "bars": {
+        "minimality score per head": {"labels": labels,
+                                      "values": [scores[h].value for h in scores]}}})
+    claim = name or f"every head of {circuit.name} has minimality score >= {at_least:g}"
+    extra = [f"  deciding head {format_head(head)} (K = "
+             f"{[format_head(k) for k in m.details.get('K', [])] or '∅'})",
+             "  per head  " + ", ".join(f"{format_head(h)} {x.value:.3f} [{x.ci[0]:.3f}, "
+                                        f"{x.ci[1]:.3f}]" for h, x in scores.items())]
+    return _finish(claim, m, ">=", at_least, allow_inconclusive=allow_inconclusive, extra=extra)
 
 
 def assert_robust(model: Any, task: Task, circuit: Circuit, *, at_least: float | None = None,

@@ -237,3 +237,36 @@ def test_minimality_interval_is_for_the_absolute_difference(tiny, task_for):
 
     assert _abs_interval(-0.2, 0.1) == (0.0, 0.2) and _abs_interval(-0.3, -0.1) == (0.1, 0.3)
     assert _abs_interval(0.1, 0.3) == (0.1, 0.3)
+
+
+def test_minimality_scores_claim_is_decided_by_every_heads_interval(tiny, task_for):
+    """The YAML ``minimality_scores`` claim (seed 002's K sets): held only when the lowest
+    interval clears the bound, failed when some head's whole interval is below it."""
+    from circuitcheck import _claims
+    from circuitcheck.assertions import assert_minimality_scores
+
+    task = task_for(tiny)
+    circuit = cc.Circuit({"a": [(0, 0), (0, 3), (1, 1)]})
+    ks = {"1.1": ["0.0"]}
+    mini = cc.minimality(tiny, task, circuit, ablation="zero", k_sets=ks)
+    lows = {h: m.ci[0] for h, m in mini.scores.items()}
+    highs = {h: m.ci[1] for h, m in mini.scores.items()}
+    with _claims.private() as rec:
+        lowest = min(lows.values())
+        if lowest > 1e-3:  # every interval clears a bound just below the lowest: held
+            m = assert_minimality_scores(tiny, task, circuit, at_least=lowest - 1e-3,
+                                         k_sets=ks, ablation="zero")
+            assert m.ci[0] == pytest.approx(lowest)
+            assert m.details["bars"]["minimality score per head"]["labels"] == ["0.0", "0.3",
+                                                                                  "1.1"]
+        else:  # a head whose interval reaches 0 keeps any positive bound from holding
+            with pytest.raises(AssertionError, match="INCONCLUSIVE|FAILED"):
+                assert_minimality_scores(tiny, task, circuit, at_least=2e-3, k_sets=ks,
+                                         ablation="zero")
+        above = min(highs.values()) + 1e-3  # the weakest head is wholly below it
+        with pytest.raises(AssertionError, match="deciding head"):
+            assert_minimality_scores(tiny, task, circuit, at_least=above, k_sets=ks,
+                                     ablation="zero")
+    assert rec and rec[-1]["verdict"] in ("failed", "inconclusive")
+    with pytest.raises(cc.CircuitCheckError, match="k_sets must map a head"):
+        assert_minimality_scores(tiny, task, circuit, at_least=0.1, k_sets=["1.1"])

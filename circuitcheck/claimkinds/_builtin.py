@@ -103,6 +103,20 @@ register(ClaimKind(
     figures=(), example={"alpha": 0.05, "metric": "top1"}))
 
 
+register(ClaimKind(
+    name="minimality_scores",
+    summary="every head's minimality score (given its K set, seed 002) is at least a value",
+    target="circuit", assertion=A + "assert_minimality_scores", measure=M + "minimality",
+    params=(Param("at_least", NUMBER, True, "required score of every head"),
+            Param("k_sets", ANY, doc='K per head, e.g. {"1.1": ["0.2"]} (default: none)'),
+            Param("ablation", TEXT), Param("metric", TEXT), Param("reference", TEXT),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
+    verdict="failed when some head's whole interval is below at_least, held when every "
+            "head's interval is above it, inconclusive otherwise",
+    records="minimality", figures=("histogram", "bars"),
+    example={"at_least": 0.005, "k_sets": {"1.1": ["0.2"]}}))
+
+
 def _one_threshold(spec: Mapping[str, Any]) -> str | None:
     if ("at_least" in spec) == ("at_most" in spec):
         return "needs exactly one of 'at_least' (faithfulness) or 'at_most' (necessity)"
