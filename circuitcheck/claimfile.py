@@ -25,6 +25,12 @@ A file names defaults (``model``, ``task``, ``circuit``) and a list of ``claims`
 
 Every key is checked before any model runs; an error names the file, the line, the key and
 the fix ("did you mean ..."). Nothing here imports pytest.
+
+``circuit:`` is either head groups (a ``Circuit``, as above) or a graph of edges (an
+``EdgeCircuit``): ``circuit: {edges: ["input->a0.h2<v>", "a1.h1->logits", ...]}`` inline, or
+``circuit: {file: graph.json}``, an EAP-IG graph JSON read relative to the claim file (its edges
+with ``in_graph`` true). Only kinds declared with ``edge_circuits`` (faithfulness, necessity)
+take an edge circuit; the others are refused before any model loads.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claimkinds import KINDS, SpecError
+from .claimkinds import KINDS, SpecError, edge_problem
 from .claimkinds import run as run_kind
 from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
@@ -175,16 +181,56 @@ class ClaimFile:
     errors: tuple[tuple[str, int, str], ...]  # (claim name, line, message)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _where(path: Path, node: Any, key: str | None = None) -> str:
     """``file:line`` of ``node`` (or of its ``key``), the file relative to the working dir."""
     line = getattr(node, "line", 0)
     if key is not None:
         line = getattr(node, "key_lines", {}).get(key, line)
+    shown = _shown(path)
+    return f"{shown}:{line}" if line else shown
+
+
+def _read_circuit(path: Path, spec: Any) -> Any:
+    """The claim's circuit: head groups (``Circuit``) or, with ``edges:`` / ``file:``, an
+    ``EdgeCircuit`` whose ``source`` is the ``file:line`` of ``spec`` (and the graph file),
+    checked for edges no model has; range and shape are checked once the model is loaded."""
+    from dataclasses import replace
+
+    from .circuit import Circuit
+    from .edge_circuit import EdgeCircuit
+
+    where = _where(path, spec)
+    keys = ("name", "groups", "positions", "mlps", "edges", "file")
     try:
-        shown = path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        shown = path
-    return f"{shown}:{line}" if line else str(shown)
+        for key in spec if isinstance(spec, Mapping) else ():
+            if key not in keys:
+                raise CircuitCheckError(
+                    f"unknown circuit key {_short(key)}{did_you_mean(str(key), keys)}; a "
+                    "circuit is head groups (groups, positions, mlps) or a graph of edges "
+                    "(edges, or file: an EAP-IG graph JSON), with an optional name")
+        if not (isinstance(spec, Mapping) and ("edges" in spec or "file" in spec)):
+            return Circuit.from_dict(spec)
+        if "groups" in spec:
+            raise CircuitCheckError("a circuit is either head groups ('groups:') or a graph of "
+                                    "edges ('edges:' or 'file:'), not both; split them into "
+                                    "two claims")
+        spec = dict(spec)
+        graph = spec.get("file")
+        if isinstance(graph, str) and graph and not Path(graph).is_absolute():
+            spec["file"] = _shown(path.parent / graph)  # relative to the claim file
+        circuit = EdgeCircuit.from_dict(spec)
+        circuit.check_order()
+    except CircuitCheckError as exc:
+        raise ClaimFileError(f"{where}: circuit: {exc}") from None
+    return replace(circuit, source=f"{where}: {spec['file']}" if "file" in spec else where)
 
 
 def _check_keys(path: Path, node: Any, allowed: tuple[str, ...], what: str) -> None:
@@ -281,8 +327,6 @@ def read_claim_file(path: str | Path) -> ClaimFile:
     """
     import yaml
 
-    from .circuit import Circuit
-
     path = Path(path)
     try:
         data = _load_yaml(path)
@@ -324,12 +368,7 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                                      "'task: {builder: ...}' at the top or in the claim")
             task = validate_task_spec(path, task_spec, "task")
             circuit_spec = raw.get("circuit", data.get("circuit"))
-            circuit = None
-            if circuit_spec is not None:
-                try:
-                    circuit = Circuit.from_dict(circuit_spec)
-                except CircuitCheckError as exc:
-                    raise ClaimFileError(f"{_where(path, circuit_spec)}: circuit: {exc}") from None
+            circuit = None if circuit_spec is None else _read_circuit(path, circuit_spec)
             if "expect" not in raw:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} has no 'expect'")
             expect = _check_expect(path, raw["expect"])
@@ -337,7 +376,14 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} expects "
                                      f"{sorted(set(expect) & NEEDS_CIRCUIT)} but names no circuit")
             if circuit is not None and circuit.name == "circuit":
-                circuit = Circuit(circuit.groups, circuit.positions, circuit.mlps, name=name)
+                from dataclasses import replace
+
+                circuit = replace(circuit, name=name)
+            for kind in expect:
+                problem = edge_problem(KINDS[kind], circuit)
+                if problem:
+                    raise ClaimFileError(f"{_where(path, raw['expect'], kind)}: claim {name!r}: "
+                                         f"{problem} (the circuit is at {circuit.source})")
             bos = raw.get("prepend_bos", data.get("prepend_bos"))
             if bos is not None and not isinstance(bos, bool):
                 node = raw if "prepend_bos" in raw else data
@@ -378,6 +424,17 @@ def run_claim(claim: Claim, model: Any) -> list[str]:
     """
     task = build_task(model, claim.task)
     failures: list[str] = []
+    from .edge_circuit import EdgeCircuit
+
+    if isinstance(claim.circuit, EdgeCircuit):  # does the graph fit this model and task?
+        try:
+            claim.circuit.validate(model, task)
+        except CircuitCheckError as exc:
+            from . import _claims
+
+            text = f"claim {claim.name!r} ERROR: circuit: {exc}"
+            _claims.record_error(claim.name, text, model=claim.model)
+            return [text]
     for kind, spec in claim.expect.items():
         try:
             run_kind(KINDS[kind], model, task, claim.circuit, spec, claim.name)

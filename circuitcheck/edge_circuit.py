@@ -42,9 +42,11 @@ def parse_node(value: Any) -> str:
     elif isinstance(value, Sequence) and len(value) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         return f"a{int(value[0])}.h{int(value[1])}"
+    hint = (f" (YAML reads an unquoted {value} as a number: quote it, '{value}')"
+            if isinstance(value, float) else "")
     raise CircuitError(
-        f"cannot read {_short(value)} as a node; write 'input', 'logits', a head as 'a9.h9' "
-        "(or '9.9', [9, 9]) or an MLP as 'm9'")
+        f"cannot read {_short(value)} as a node{hint}; write 'input', 'logits', a head as "
+        "'a9.h9' (or '9.9', [9, 9]) or an MLP as 'm9'")
 
 
 def node_layer(name: str) -> tuple[str, int, int]:
@@ -125,6 +127,24 @@ def parse_edge(value: Any) -> Edge:
         raise CircuitError(f"edge {edge.name}: position must be a task position name, got "
                            f"{_short(position)}")
     return edge
+
+
+def order_problem(edge: Edge) -> str | None:
+    """Why ``edge`` cannot be in any model's graph (its sender is computed after its receiver
+    reads), or None; needs no model: a head reads layers before its own, an MLP also its own
+    layer's heads, ``logits`` everything."""
+    sk, sl, _ = node_layer(edge.sender)
+    rk, rl, _ = node_layer(edge.receiver)
+    if rk == "logits" or sk == "input":
+        return None
+    ok = sl < rl or (rk == "mlp" and sk == "head" and sl == rl)
+    if ok:
+        return None
+    why = ("a head reads only what layers before its own wrote" if rk == "head"
+           else "an MLP reads its own layer's heads and everything before")
+    return (f"the edge goes backward or within a layer ({edge.sender} is computed after "
+            f"{edge.receiver} reads its input: {why}); the sender must be in an earlier "
+            "layer, e.g. reverse it or drop it")
 
 
 # -- indices (EAP-IG's layout) -----------------------------------------------------------
@@ -248,6 +268,25 @@ class EdgeCircuit:
         n = len(self)
         return f"{self.name}: {n} edge{'s' * (n != 1)} among {len(self.nodes)} nodes{where}"
 
+    def record(self) -> dict[str, Any]:
+        """What a claim's record says of the circuit: ``to_dict()`` plus the edge count, the
+        model shape and the kept edges' scores (when the circuit came with scores)."""
+        out = {"type": "edges", **self.to_dict(), "n_edges": len(self)}
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
+        if self.scores:
+            out["scores"] = {e.name: self.scores[e.name] for e in self.edges
+                             if e.name in self.scores}
+        return out
+
+    def check_order(self) -> None:
+        """Raise ``CircuitError`` for an edge no model's graph has (backward or within a
+        layer); needs no model (``validate`` also checks ranges and positions)."""
+        for e in self.edges:
+            problem = order_problem(e)
+            if problem is not None:
+                raise CircuitError(f"{self._where(e)}{problem}")
+
     def _where(self, edge: Edge | None = None) -> str:
         parts = [p for p in (self.source, f"edge {edge}" if edge else "") if p]
         return ": ".join(parts) + ": " if parts else ""
@@ -274,17 +313,9 @@ class EdgeCircuit:
                 if kind == "head" and not 0 <= head < H:
                     raise CircuitError(f"{self._where(e)}{n} is out of range: the model has "
                                        f"{H} heads per layer (0..{H - 1})")
-            s = sender_index(e.sender, H)
-            r = receiver_index(e.receiver, e.qkv, H, L)
-            if s >= reads_upto(r, L, H):
-                sk, sl, _ = node_layer(e.sender)
-                rk, rl, _ = node_layer(e.receiver)
-                why = ("a head reads only what layers before its own wrote" if rk == "head"
-                       else "an MLP reads its own layer's heads and everything before")
-                raise CircuitError(
-                    f"{self._where(e)}the edge goes backward or within a layer ({e.sender} "
-                    f"is computed after {e.receiver} reads its input: {why}); the sender must "
-                    f"be in an earlier layer, e.g. reverse it or drop it")
+            problem = order_problem(e)
+            if problem is not None:
+                raise CircuitError(f"{self._where(e)}{problem}")
             if task is not None and e.position is not None:
                 if e.position not in task.position_names:
                     raise CircuitError(
@@ -338,14 +369,29 @@ class EdgeCircuit:
                 raise CircuitError(f"{where}unknown edge-circuit key {k!r}"
                                    f"{did_you_mean(str(k), allowed)}; allowed keys are "
                                    f"{list(allowed)}")
+        if ("file" in data) == ("edges" in data):
+            raise CircuitError(f"{where}an edge circuit names its edges either inline "
+                               "('edges: [a0.h2->a1.h1<k>, ...]') or in an EAP-IG graph JSON "
+                               "('file: graph.json'), " + ("not both" if "file" in data
+                                                          else "but this names neither"))
         if "file" in data:
+            if not isinstance(data["file"], str) or not data["file"]:
+                raise CircuitError(f"{where}circuit 'file' must be a file name, got "
+                                   f"{_short(data['file'])}")
             path = Path(data["file"])
             if source and not path.is_absolute():
                 path = Path(source).parent / path
             if path.suffix != ".json":
                 raise CircuitError(f"{where}circuit 'file' must be an EAP-IG graph JSON (.json), "
                                    f"got {path}; write edges inline with 'edges:'")
-            return read_graph_json(path)
+            if not path.is_file():
+                raise CircuitError(f"{where}circuit file {str(path)!r} does not exist "
+                                   "(a relative path is read from the claim file's directory)")
+            circuit = read_graph_json(path)
+            if "name" in data:
+                circuit = EdgeCircuit(circuit.edges, name=data["name"], source=circuit.source,
+                                      shape=circuit.shape, scores=circuit.scores)
+            return circuit
         return cls(data["edges"], name=data.get("name", "circuit"), source=source)
 
     def to_json(self, path: str | Path | None, model: Any) -> dict[str, Any]:

@@ -217,3 +217,61 @@ def test_device_flags_are_read_once_at_the_end():
     assert _any_changed([rec]) is False
     rec.changed.append(torch.tensor(True))
     assert _any_changed([rec]) is True
+
+
+# -- (4) edge patching ---------------------------------------------------------------------
+
+PLANTED_EDGES = ["input->a0.h2<v>", "a0.h2->a1.h1<k>", "input->a1.h1<q>", "input->a1.h1<v>",
+                 "a1.h1->logits"]
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.attn.hook_z", "blocks.1.hook_k_input"])
+def test_silent_hook_makes_edge_faithfulness_not_measurable(planted, monkeypatch, hook):
+    """A sender hook (a head's output) or a receiver hook (a head's key input) that never fires
+    leaves edges unpatched: the edge claim is NOT MEASURABLE with the hook's name."""
+    import circuitcheck as cc
+
+    model, task, _ = planted
+    edges = cc.EdgeCircuit(PLANTED_EDGES)
+    honest = cc.faithfulness(model, task, edges, ablation="mean", metric="top1",
+                             normalize="ablated")
+    assert honest.problem is None and honest.value > 0.9
+    silence(monkeypatch, model, hook)
+    m = cc.faithfulness(model, task, edges, ablation="mean", metric="top1", normalize="ablated")
+    assert m.problem is not None and NEVER_FIRED in m.problem and hook in m.problem
+    assert math.isnan(m.value) and "not measurable" in m.summary()
+    n = cc.necessity(model, task, edges, ablation="mean")
+    assert n.problem is not None and NEVER_FIRED in n.problem
+    with _claims.private(), pytest.raises(AssertionError, match=f"NOT MEASURABLE: hook {hook}"):
+        cc.assert_faithful(model, task, edges, at_least=0.5, ablation="mean")
+
+
+def test_silent_edge_hook_is_a_problem_of_the_yaml_claim_not_a_crash(planted, monkeypatch,
+                                                                      tmp_path):
+    from circuitcheck.claimfile import read_claim_file, run_claim
+
+    model, _, _ = planted
+    path = tmp_path / "c.yaml"
+    path.write_text("model: zoo:planted\ntask: {builder: induction, n: 8, seq_len: 12, seed: 0}\n"
+                    f"circuit: {{edges: {PLANTED_EDGES}}}\nclaims:\n  - name: edges\n"
+                    "    expect: {faithfulness: {at_least: 0.9, ablation: mean, metric: top1}}\n")
+    claim = read_claim_file(path).claims[0]
+    silence(monkeypatch, model, "blocks.1.hook_q_input")
+    with _claims.private() as records:
+        failures = run_claim(claim, model)
+    assert len(failures) == 1 and "NOT MEASURABLE: hook blocks.1.hook_q_input" in failures[0]
+    assert "ERROR" not in failures[0]  # a verdict with its reason, not a crash
+    assert records[0]["verdict"] == "unmeasurable"
+    assert records[0]["measurement"]["circuit"]["n_edges"] == 5
+
+
+def test_edge_patch_from_identical_prompts_is_not_measurable(planted):
+    """Resample-patching from corrupted prompts equal to the clean ones: every receiver hook
+    fires and changes nothing."""
+    import circuitcheck as cc
+
+    model, task, _ = planted
+    same = cc.Task(prompts=task.prompts, answers=task.answers,
+                   wrong_answers=task.wrong_answers, corrupted=task.prompts)
+    m = cc.faithfulness(model, same, cc.EdgeCircuit(PLANTED_EDGES), ablation="resample")
+    assert m.problem is not None and m.problem.startswith("the edge patch changes nothing")

@@ -298,3 +298,49 @@ def test_chromium_renders_the_report(report, tmp_path):
     assert order == ["3", "1", "2", "0"]  # n/a first, then 0.41 (with its group), then 0.93
     assert shot.returncode == 0 and png.stat().st_size > 10_000, shot.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- edge circuits ------------------------------------------------------------------------
+
+EDGE_CIRCUIT = {"type": "edges", "name": "planted-edges", "n_edges": 6,
+                "edges": ["input->a0.h2<v>", "a0.h2->a1.h1<k>", "input->a1.h1<q>",
+                          "input->a1.h1<v>", "a1.h1->logits",
+                          {"edge": "a0.h1->m0", "position": "end"}],
+                "scores": {"a1.h1->logits": 1.0, "a0.h2->a1.h1<k>": 0.5, "a0.h1->m0": -0.25}}
+
+
+def test_edge_circuit_is_drawn_as_a_layered_graph():
+    from circuitcheck.report._graph_svg import QKV_COLOURS, edge_graph
+
+    root = ET.fromstring(edge_graph(EDGE_CIRCUIT))
+    nodes = {g.find("title").text: g.find("rect") for g in root.iter("g")
+             if g.get("class") == "node"}
+    assert set(nodes) == {"input", "a0.h1", "a0.h2", "m0", "a1.h1", "logits"}
+    y = {n: float(r.get("y")) for n, r in nodes.items()}  # SVG y grows downwards
+    assert y["input"] > y["a0.h2"] == y["a0.h1"] > y["m0"] > y["a1.h1"] > y["logits"]
+    edges = {p.find("title").text.split("  ")[0]: p for p in root.iter("path")
+             if p.get("class") == "edge"}
+    assert set(edges) == {*EDGE_CIRCUIT["edges"][:5], "a0.h1->m0 @end"}
+    colour = {n: p.get("stroke") for n, p in edges.items()}
+    assert colour["input->a1.h1<q>"] == QKV_COLOURS["q"] != colour["a0.h2->a1.h1<k>"] \
+        == QKV_COLOURS["k"] != colour["input->a0.h2<v>"] == QKV_COLOURS["v"]
+    width = {n: float(p.get("stroke-width")) for n, p in edges.items()}
+    assert width["a1.h1->logits"] > width["a0.h2->a1.h1<k>"] > width["input->a1.h1<q>"]
+    assert edges["a0.h1->m0 @end"].get("stroke-dasharray")  # a negative score is dashed
+    assert "score 0.5" in edges["a0.h2->a1.h1<k>"].find("title").text
+    unscored = ET.fromstring(edge_graph({**EDGE_CIRCUIT, "scores": None}))
+    widths = {p.get("stroke-width") for p in unscored.iter("path") if p.get("class") == "edge"}
+    assert len(widths) == 1 and "|score|" not in edge_graph({**EDGE_CIRCUIT, "scores": None})
+    broken = ET.fromstring(edge_graph({"edges": ["a0.h1->a1.h1<x>", 7, "a0.h1->logits"]}))
+    assert "2 unreadable edge entries left out" in ET.tostring(broken, encoding="unicode")
+
+
+def test_report_names_and_draws_an_edge_circuit(tmp_path):
+    m = measurement(0.97, (0.94, 1.0), circuit=EDGE_CIRCUIT)
+    text = write_report(tmp_path, [record("planted-edges-sufficient", "held", m)])["html"] \
+        .read_text()
+    root = ET.fromstring(text)
+    graphs = [s for s in root.iter("svg") if s.get("class") == "edge-graph"]
+    assert len(graphs) == 1 and text.count("<figure>") == 2  # the histogram and the graph
+    assert ("planted-edges (6 edges) - input-&gt;a0.h2&lt;v&gt;, a0.h2-&gt;a1.h1&lt;k&gt;"
+            in text and "a0.h1-&gt;m0 @end" in text)

@@ -94,10 +94,13 @@ class ClaimKind:
     example: Mapping[str, Any]  # an expectation that runs on zoo:planted (see EXAMPLE_FILE)
     check: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, repr=False)
     score_kinds: str = ""  # per_score only: "module:attribute" of the allowed score kinds
+    edge_circuits: bool = False  # circuit only: also measures an EdgeCircuit (a graph of edges)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"claim kind {self.name!r}: target must be one of {TARGETS}")
+        if self.edge_circuits and self.target != "circuit":
+            raise ValueError(f"claim kind {self.name!r}: only a circuit kind takes edge circuits")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"claim kind {self.name!r} declares a parameter twice")
@@ -196,9 +199,37 @@ def validate(kind: ClaimKind, spec: Any,
     return dict(spec)
 
 
+EDGE_KINDS_HINT = ("edge circuits are measured by the kinds that take them "
+                   "({kinds}); give this claim a node circuit (circuit: {{groups: {{...}}}}) "
+                   "for {kind}, or move {kind} to a claim of its own with one")
+
+
+def edge_problem(kind: ClaimKind, circuit: Any) -> str | None:
+    """Why ``kind`` cannot run on ``circuit`` (an edge circuit given to a kind that needs head
+    groups and positions), or None."""
+    from ..edge_circuit import EdgeCircuit
+
+    if kind.target != "circuit" or kind.edge_circuits or not isinstance(circuit, EdgeCircuit):
+        return None
+    takes = ", ".join(k.name for k in KINDS.values() if k.edge_circuits)
+    return (f"{kind.name} needs a head circuit (groups of heads, positions), but the circuit "
+            f"is an edge circuit ({circuit.describe()}); "
+            + EDGE_KINDS_HINT.format(kinds=takes, kind=kind.name))
+
+
+def refuse_edges(kind: ClaimKind, circuit: Any) -> None:
+    """Raise ``CircuitError`` with ``edge_problem``'s reason, if there is one."""
+    problem = edge_problem(kind, circuit)
+    if problem:
+        from ..errors import CircuitError
+
+        raise CircuitError(problem)
+
+
 def run(kind: ClaimKind, model: Any, task: Any, circuit: Any, spec: Mapping[str, Any],
         name: str) -> None:
     """Check one expectation: call the kind's assertion as its ``target`` says."""
+    refuse_edges(kind, circuit)
     fn = kind.assertion_function()
     spec = dict(spec)
     if kind.target == "circuit":
@@ -220,6 +251,8 @@ def readme_list() -> str:
     for k in KINDS.values():
         needs = {"circuit": "circuit", "heads": "heads", "task": "-",
                  "per_score": "heads per score kind"}[k.target]
+        if k.edge_circuits:
+            needs = "circuit (heads or edges)"
         keys = ", ".join(f"**{p.name}**" if p.required else p.name for p in k.params)
         lines.append(f"| `{k.name}` | {needs} | {keys} | {k.summary} |")
     return "\n".join(lines)
@@ -228,6 +261,6 @@ def readme_list() -> str:
 from . import _builtin  # noqa: E402,F401  (registers the built-in kinds)
 
 __all__ = ["ANY", "BOOL", "EXAMPLE_FILE", "HEADS", "INT", "KINDS", "NUMBER", "TEXT", "TEXTS",
-           "ClaimKind", "Param", "ParamType", "SpecError", "get", "readme_list", "register",
-           "resolve", "run", "validate"]
+           "ClaimKind", "Param", "ParamType", "SpecError", "edge_problem", "get", "readme_list",
+           "refuse_edges", "register", "resolve", "run", "validate"]
 from . import _analysis  # noqa: E402,F401  (OV copying, attention, compensation, logit lens)

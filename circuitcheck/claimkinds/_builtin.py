@@ -36,14 +36,14 @@ register(ClaimKind(
     name="faithfulness", summary="the circuit alone keeps the task: F(C)/F(M) at least a value",
     target="circuit", assertion=A + "assert_faithful", measure=M + "faithfulness",
     params=_ratio_params("at_least", "required faithfulness"), verdict=INTERVAL,
-    records="faithfulness", figures=("histogram",),
+    records="faithfulness", figures=("histogram",), edge_circuits=True,
     example={"at_least": 0.9, "ablation": "mean", "metric": "top1", "normalize": "ablated"}))
 
 register(ClaimKind(
     name="necessity", summary="removing the circuit breaks the task: F(M\\C)/F(M) at most a value",
     target="circuit", assertion=A + "assert_necessary", measure=M + "necessity",
     params=_ratio_params("at_most", "allowed necessity ratio"), verdict=INTERVAL,
-    records="necessity", figures=("histogram",),
+    records="necessity", figures=("histogram",), edge_circuits=True,
     example={"at_most": 0.1, "ablation": "mean", "metric": "top1", "normalize": "ablated"}))
 
 register(ClaimKind(

@@ -14,6 +14,10 @@ head's), an MLP = ``hook_mlp_out``. Receivers are the heads' pre-norm q/k/v inpu
 which feeds only the MLP) and the final norm's input (``ln_final.hook_in``). Each row carries its
 own edge mask, so one einsum per receiver hook serves every variant of the batch.
 
+Every hook is guarded (``_guard.HookGuard``): a sender or receiver hook that never fires, or
+a run whose receiver hooks change no input at all, raises ``NotMeasurableError`` (the claim is
+then NOT MEASURABLE with the reason), never a number measured on the unpatched model.
+
 Grouped-query attention: the bridge computes k and v once per key/value head, so an edge into
 ``<k>``/``<v>`` is patched per key/value head. An edge circuit whose k/v edges differ among the
 query heads of one group is refused with a ``CircuitError`` (naming the heads) before any
@@ -32,6 +36,7 @@ from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, reads_upto, rec
 from ..errors import CircuitCheckError, CircuitError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
+from ._guard import HookGuard
 from .ablation import (Ablation, Readout, _group_means, _read_last, as_readout, no_logits,
                        read_plan, readout)
 from ._reference import reference_for, reference_prompts
@@ -200,6 +205,7 @@ def _sender_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor"
     device = model.cfg.device
     W_O = [model.blocks[l].attn.W_O for l in range(L)]
     out: list[torch.Tensor | None] = [None] * (L + 1)
+    guard = HookGuard("caching of the edges' reference outputs")
 
     def put(block: int, lo: int, width: int, at: torch.Tensor, P: int):
         def hook(x: torch.Tensor, hook: Any) -> None:
@@ -219,8 +225,11 @@ def _sender_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor"
                 hooks += [(f"blocks.{l}.attn.hook_z", put(l + 1, 0, H + 1, at, P)),
                           (f"blocks.{l}.hook_mlp_out", put(l + 1, H, H + 1, at, P))]
             with real_tokens(model, lens[rows], P):
-                model.run_with_hooks(toks[rows, :P].to(device), fwd_hooks=[*hooks, no_logits()],
+                model.run_with_hooks(toks[rows, :P].to(device),
+                                     fwd_hooks=[*guard.wrap_all(hooks, intervenes=False),
+                                                no_logits()],
                                      return_type=None)
+    guard.check()  # a sender never cached would be patched with zeros, not its reference
     return out  # type: ignore[return-value]
 
 
@@ -241,7 +250,8 @@ def run_edge_variants(model: Any, enc: EncodedTask, variants: EdgeVariants,
                       reads: "Collection[str] | None" = None) -> Readout:
     """Evaluate every edge variant on every prompt: a ``Readout`` of [V, N]. Rows (variant,
     prompt) are batched by length; each batch is one forward pass with its rows' edge masks
-    (see the module docstring). ``reads`` as in ``run_variants``."""
+    (see the module docstring). ``reads`` as in ``run_variants``. Raises
+    ``NotMeasurableError`` when a hook never fired or no patch changed anything."""
     import torch
 
     toks, lens = enc.tokens, enc.lengths
@@ -261,14 +271,16 @@ def run_edge_variants(model: Any, enc: EncodedTask, variants: EdgeVariants,
     n_rows = V * N
     all_prompts = torch.arange(n_rows) % N
     parts = []
+    guard = HookGuard("edge patch")
     with torch.inference_mode(), split_qkv_inputs(model):
         for rows in length_batches(lens[all_prompts], bs, device=device,
                                    fixed_rows=batch_size is not None):
             v_idx, p_idx = rows // N, rows % N
             P = int(lens[p_idx].max())
-            hooks = _edge_hooks(model, variants, ref, v_idx, p_idx, P, pos_table)
+            hooks = _edge_hooks(model, variants, ref, v_idx, p_idx, P, pos_table, guard)
             final = _read_last(model, toks[p_idx], lens[p_idx], hooks, stop=how != "logits")
             parts.append((rows, readout(model, final, enc, p_idx, want, how, ref_logprobs)))
+    guard.check()
     return as_readout(parts, n_rows, (V, N))
 
 
@@ -290,9 +302,11 @@ def _patched_mask(variants: EdgeVariants, v_idx: "torch.Tensor", recv: slice, se
 
 
 def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "torch.Tensor",
-                p_idx: "torch.Tensor", P: int, pos_table: "torch.Tensor | None") -> list:
+                p_idx: "torch.Tensor", P: int, pos_table: "torch.Tensor | None",
+                guard: HookGuard) -> list:
     """The hooks of one batch: capture each sender's output as (reference - current) and add
-    the patched edges' sum of those to each receiver's input."""
+    the patched edges' sum of those to each receiver's input; each wrapped by ``guard``
+    (senders only read, receivers intervene)."""
     import torch
 
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -357,7 +371,9 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
     R = n_receivers(L, H)
     receivers.append(("ln_final.hook_in", receiver(slice(R - 1, R), S, False)))
     receivers = [(n, h) for n, h in receivers if h is not None]
-    return (hooks + receivers) if receivers else []
+    if not receivers:
+        return []
+    return guard.wrap_all(hooks, intervenes=False) + guard.wrap_all(receivers)
 
 
 __all__ = ["EdgeReference", "EdgeVariants", "edge_reference", "kv_groups", "run_edge_variants",

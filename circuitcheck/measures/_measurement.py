@@ -80,8 +80,9 @@ class Measurement(BoundsFromCi):
             "seed": self.seed, "model": self.model, "task": self.task, "problem": self.problem,
             "per_prompt": [num(x) for x in np.asarray(self.per_prompt, dtype=float).tolist()],
         }
-        if self.circuit is not None:
-            out["circuit"] = self.circuit.to_dict()
+        if self.circuit is not None:  # an edge circuit says more: its edge count, scores
+            record = getattr(self.circuit, "record", None)
+            out["circuit"] = record() if callable(record) else self.circuit.to_dict()
         for key in ("heatmaps", "points", "bars", "lines", "patterns", "secondary", "warning",
                     "per_prompt_label"):
             if key in self.details:

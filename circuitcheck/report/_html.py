@@ -156,7 +156,23 @@ def _table(claims: list[dict[str, Any]], groups: list[list[int]], has_baseline: 
     return "".join(out)
 
 
+#: The most edges an edge circuit's record lists in the details (the graph draws them all).
+MAX_LISTED_EDGES = 40
+
+
+def _edge_text(c: dict[str, Any]) -> str:
+    """``name (5 edges) - input->a0.h2<v>, ...`` for an edge circuit's record."""
+    names = [e if isinstance(e, str) else f"{e.get('edge')} @{e.get('position')}"
+             if isinstance(e, dict) else str(e) for e in c.get("edges") or ()]
+    n = c.get("n_edges", len(names))
+    more = f", ... and {len(names) - MAX_LISTED_EDGES} more" if len(names) > MAX_LISTED_EDGES else ""
+    return (f"{c.get('name', 'circuit')} ({n} edge{'s' * (n != 1)}) - "
+            + ", ".join(names[:MAX_LISTED_EDGES]) + more)
+
+
 def _circuit_text(c: dict[str, Any]) -> str:
+    if "edges" in c:
+        return _edge_text(c)
     groups = c.get("groups") or {}
     parts = []
     for g, heads in groups.items():
@@ -237,6 +253,11 @@ def _figures(r: dict[str, Any]) -> str:
 
         figs.append(pattern(p.get("tokens") or [], p.get("weights") or [], title=str(title),
                             row=p.get("row"), cols=p.get("cols") or ()))
+    circuit = m.get("circuit")
+    if isinstance(circuit, dict) and isinstance(circuit.get("edges"), list):
+        from ._graph_svg import edge_graph
+
+        figs.append(edge_graph(circuit))
     return "".join(f"<figure>{f}</figure>" for f in figs)
 
 
