@@ -14,9 +14,9 @@ from circuitcheck.measures import patching as P
 from .conftest import own_task
 
 SCALAR = {"Measurement", "PathPatchResult", "AttentionAblation", "RandomComparison",
-          "HypothesisTest"}
+          "HypothesisTest", "EdgeAuroc"}
 ARRAY = {"HeadScores", "HeadEffects", "Minimality", "PatchGrid", "DirectLogitAttribution",
-         "PositionAttention", "Compensation", "LogitLens"}
+         "PositionAttention", "Compensation", "LogitLens", "EdgeScores", "FaithfulnessCurve"}
 COMPOSITE = {"StochasticAblation", "Sweep"}
 
 
@@ -26,7 +26,10 @@ def results(model_dirs):
     task = own_task(model, n=6)
     circuit = cc.Circuit({"a": ["1.1", "1.2"]})
     mc = cc.stochastic_ablation(model, task, trials=64, ablation="zero", seed=1)
+    edges = cc.edge_scores(model, task, "eap")
     return [
+        edges, cc.edge_auroc(edges, edges.top(3)),
+        cc.faithfulness_curve(model, task, edges, sizes=(0.1, 1.0)),
         cc.faithfulness(model, task, circuit, ablation="zero"),
         cc.head_scores(model, "induction", n=4, seq_len=6),
         mc, mc.importance,
