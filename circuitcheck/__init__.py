@@ -78,6 +78,7 @@ _LAZY = {
     "assert_attends": "circuitcheck.assertions_analysis",
     "assert_compensates": "circuitcheck.assertions_analysis",
     "assert_logit_lens": "circuitcheck.assertions_analysis",
+    "assert_task_quality": "circuitcheck.assertions_analysis",
     "edge_scores": "circuitcheck.measures.edge_scores",
     "EdgeScores": "circuitcheck.measures.edge_scores",
     "edge_auroc": "circuitcheck.measures.edge_auroc",

@@ -1,5 +1,6 @@
 """``assert_*`` helpers for the notebooks' analysis claims: OV copying, attention to named
-positions, compensation by backup heads, the logit lens and per-head ablation sweeps.
+positions, compensation by backup heads, the logit lens, per-head ablation sweeps and the
+full model's quality on every template of a task.
 
 They decide like ``circuitcheck.assertions``: a claim *holds* when the whole confidence
 interval is past the threshold (for several heads: the weakest head's interval), *fails* when
@@ -22,6 +23,7 @@ from .measures.head_sweep import head_sweep
 from .measures._scores import HeadScores
 from .measures.logit_lens import logit_lens
 from .measures.ov import ov_copying, ov_eigen_scores
+from .measures.quality import task_quality
 from .tasks import Task
 
 
@@ -290,5 +292,57 @@ def assert_head_sweep(model: Any, task: Task, heads: Any, *, drop_at_least: floa
     return sw
 
 
+
+
+def assert_task_quality(model: Any, task: Task, *, at_least: float, metric: str = "top1",
+                        per_template: bool = True, confidence: float = 0.95,
+                        name: str | None = None, allow_inconclusive: bool = False
+                        ) -> Measurement:
+    """Assert the full model does the task: ``metric`` (top1, prob or logit_diff) at least
+    ``at_least`` on every template group (``per_template``; else over all prompts).
+
+    The precondition of every circuit claim on the task, per template as the IOI notebook
+    breaks it down: a template the model fails is averaged into a circuit's baseline unless it
+    is seen. Decided on the weakest group's interval, simultaneous over the groups
+    (``TaskQuality.intervals``): held when every group's interval is at or above the bound,
+    failed when one is wholly below, inconclusive otherwise; a group of one prompt makes the
+    claim not measurable (no interval from one prompt).
+    """
+    __tracebackhide__ = True
+    from dataclasses import replace
+
+    from ._validate import flag
+
+    bound = _check_threshold(at_least, "at_least")
+    flag(per_template, "per_template")
+    q = task_quality(model, task)
+    if not per_template:
+        q = replace(q, groups=("all",) * len(q.groups))
+    per = q.intervals(metric, confidence=confidence)
+    x = q.per_prompt(metric)
+    small = [g for g, (n, *_rest) in per.items() if n < 2]
+    weakest = min(per, key=lambda g: (per[g][2] if per[g][0] >= 2 else -np.inf))
+    n, mean, lo, hi = per[weakest]
+    groups = np.asarray(q.groups)
+    problem = (f"template group(s) {', '.join(small)} have a single prompt: no interval; use "
+               "more prompts (n) or per_template: false" if small else None)
+    m = Measurement(
+        kind="task quality", value=float("nan") if problem else mean, ci=(lo, hi),
+        per_prompt=x[groups == weakest], metric=metric,
+        metric_description=f"the full model's {metric} on template group {weakest!r} (the "
+        f"weakest of {len(per)}; intervals simultaneous over the groups)",
+        confidence=confidence, model=getattr(model, "cc_name", ""), task=task.name,
+        problem=problem, baselines={"all": float(x.mean())},
+        details={"groups": {g: {"n": v[0], "mean": v[1], "ci": [v[2], v[3]]}
+                            for g, v in per.items()},
+                 "bars": {f"{metric} per template group": {
+                     "labels": list(per), "values": [v[1] for v in per.values()]}}})
+    claim = name or (f"the model does {task.name} on every template ({metric} >= {bound:g})"
+                     if per_template else f"the model does {task.name} ({metric} >= {bound:g})")
+    extra = ["  per group  " + ", ".join(f"{g} {v[1]:.2f} [{v[2]:.2f}, {v[3]:.2f}] (n={v[0]})"
+                                         for g, v in per.items())]
+    return _finish(claim, m, ">=", bound, allow_inconclusive=allow_inconclusive, extra=extra)
+
+
 __all__ = ["assert_attends", "assert_compensates", "assert_head_sweep", "assert_logit_lens",
-           "assert_ov_copying"]
+           "assert_ov_copying", "assert_task_quality"]

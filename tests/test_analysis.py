@@ -304,3 +304,40 @@ def test_full_ov_scores_refuse_different_embedding_and_unembedding_vocabularies(
                  lambda: ov_copying(odd, names=[1, 2])):
         with pytest.raises(cc.CircuitCheckError, match="embeds 10 tokens and unembeds 12"):
             call()
+
+
+def test_task_quality_claim_per_template(ioi):
+    """The per-template claim reads the groups a plain groupby gives; its intervals are
+    simultaneous (Bonferroni), Wilson for top-1; a one-prompt group is not measurable."""
+    from statistics import NormalDist
+
+    from circuitcheck import _claims
+
+    model, _ = ioi
+    task = cc.tasks.ioi(model, n=120, seed=1)
+    q = cc.task_quality(model, task)
+    per = q.intervals("logit_diff")
+    frame = q.table().drop(index="all")
+    assert sorted(per) == sorted(frame.index)
+    for g, (n, mean, lo, hi) in per.items():
+        assert n == frame.loc[g, "n"] and mean == pytest.approx(frame.loc[g, "logit_diff"])
+        assert lo < mean < hi
+    # Wilson at the Bonferroni level, by hand, for one group
+    g = sorted(per)[0]
+    n, k = per[g][0], q.top1[np.asarray(q.groups) == g].sum()
+    z = NormalDist().inv_cdf(1 - 0.05 / len(per) / 2)
+    p = k / n
+    lo = (p + z**2 / (2 * n) - z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))) / (1 + z**2 / n)
+    assert q.intervals("top1")[g][2] == pytest.approx(lo)
+    m = cc.assert_task_quality(model, task, metric="logit_diff", at_least=5.0)
+    weakest = min(per, key=lambda g: per[g][2])
+    assert m.ci == pytest.approx(per[weakest][2:]) and m.details["groups"][weakest]["n"] > 1
+    with _claims.private():
+        with pytest.raises(AssertionError, match=r"FAILED: task quality .* required 100"):
+            cc.assert_task_quality(model, task, metric="logit_diff", at_least=100.0)
+        with pytest.raises(AssertionError, match="NOT MEASURABLE.*single prompt"):
+            cc.assert_task_quality(model, cc.tasks.ioi(model, n=1, seed=1), at_least=0.5)
+    with pytest.raises(ValueError, match="not one of top1, prob, logit_diff"):
+        q.intervals("accuracy")
+    pooled = cc.assert_task_quality(model, task, at_least=0.8, per_template=False)
+    assert pooled.n == len(task)

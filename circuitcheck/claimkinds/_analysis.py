@@ -126,3 +126,17 @@ register(ClaimKind(
             "fails when one lag's is wholly below it, inconclusive otherwise",
     records="ablation curve", figures=("histogram", "lines"),
     example={"k": 1, "over_random_by": 0.5, "lags": [6, 12]}))
+
+register(ClaimKind(
+    name="task_quality",
+    summary="the full model does the task on every template group (metric at least a value)",
+    target="task", assertion=A + "assert_task_quality", measure=M + "quality:task_quality",
+    params=(Param("at_least", NUMBER, True, "the metric's mean on every group at least this"),
+            Param("metric", TEXT, doc="top1 (default), prob or logit_diff"),
+            Param("per_template", BOOL, doc="per template group (default) or over all prompts"),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
+    verdict=("holds when the weakest template group's interval (simultaneous over groups) is "
+             "at or above the bound, fails when one group's is wholly below, inconclusive "
+             "otherwise; a one-prompt group is not measurable"),
+    records="task quality", figures=("histogram", "bars"),
+    example={"at_least": 0.9, "metric": "top1"}))

@@ -54,6 +54,50 @@ class TaskQuality:
             bad |= per["logit_diff"] <= 0
         return [str(g) for g in per.index[bad]]
 
+    def per_prompt(self, metric: str) -> np.ndarray:
+        """The per-prompt values of ``metric``: ``top1``, ``prob`` or ``logit_diff``."""
+        values = {"top1": self.top1, "prob": self.prob, "logit_diff": self.logit_diff}
+        if metric not in values:
+            raise ValueError(f"task quality metric {metric!r} is not one of top1, prob, "
+                             "logit_diff")
+        if values[metric] is None:
+            raise ValueError("metric 'logit_diff' needs a task with wrong answers (IOI, "
+                             "greater-than, ...); use top1 or prob")
+        return np.asarray(values[metric], dtype=float)
+
+    def intervals(self, metric: str = "top1", *, confidence: float = 0.95
+                  ) -> dict[str, tuple[int, float, float, float]]:
+        """Per template group: (n, mean, low, high) of ``metric``, simultaneous over groups.
+
+        Each group's interval is at ``1 - (1 - confidence) / G`` (Bonferroni over the ``G``
+        groups), so "every template is done" is decided at ``confidence`` as a whole. Top-1
+        rates use Wilson intervals (never zero-width at 8/8); ``prob`` and ``logit_diff`` a
+        Student-t interval of the mean. A group of one prompt has no interval (NaN).
+        """
+        from ..stats import t_quantile, wilson_ci
+
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        x = self.per_prompt(metric)
+        names = sorted(set(self.groups))
+        level = 1 - (1 - confidence) / len(names)
+        out: dict[str, tuple[int, float, float, float]] = {}
+        for g in names:
+            v = x[np.asarray(self.groups) == g]
+            n, mean = int(v.size), float(v.mean())
+            if n < 2:
+                out[g] = (n, mean, float("nan"), float("nan"))
+            elif metric == "top1":
+                lo, hi = wilson_ci(np.array(v.sum()), np.array(n), level)
+                out[g] = (n, mean, float(lo), float(hi))
+            else:
+                half = t_quantile(1 - (1 - level) / 2, n - 1) * float(v.std(ddof=1)) / n ** 0.5
+                lo, hi = mean - half, mean + half
+                if metric == "prob":  # a probability's interval stays in [0, 1]
+                    lo, hi = max(lo, 0.0), min(hi, 1.0)
+                out[g] = (n, mean, lo, hi)
+        return out
+
     def summary(self) -> str:
         return self.table().round(3).to_string()
 
