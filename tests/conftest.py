@@ -9,6 +9,27 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+
+def _import_circuitcheck() -> None:
+    """Import every circuitcheck module now, before any pytester snapshot of sys.modules.
+
+    pytester restores sys.modules after an in-process run, so a module first imported inside
+    one is dropped and later imported again as a second copy (two ``Task`` classes: "task must
+    be a cc.Task, got Task" in whichever test runs next). Imported here, they are in every
+    snapshot and never dropped.
+    """
+    import importlib
+    import pkgutil
+
+    import circuitcheck
+
+    for info in pkgutil.walk_packages(circuitcheck.__path__, "circuitcheck."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
+_import_circuitcheck()
+
 ARCHS = ("gpt2", "llama")
 
 

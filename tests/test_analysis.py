@@ -100,6 +100,13 @@ def test_ov_copying_on_names_matches_the_hf_modules(ioi):
                     assert res[(layer, head)] == pytest.approx(hit.float().mean().item())
     # the card: the name movers suppress the repeated name; 1.2 is the strongest of them
     assert neg.top(1) == [(1, 2)] and pos[(1, 2)] < 0.2
+    # a rate over names: its interval covers Wilson's, never zero-width when all names hit
+    from circuitcheck.stats import wilson_ci
+
+    for res in (pos, neg):
+        w_lo, w_hi = wilson_ci(res.per_sequence.sum(0), np.full((3, 4), res.n))
+        assert (res.ci_low <= w_lo + 1e-12).all() and (res.ci_high >= w_hi - 1e-12).all()
+        assert (res.ci_low < res.ci_high).all()
 
 
 def test_position_attention_matches_the_cached_patterns(ioi):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CircuitCheckError
+from ..stats import wilson_ci
 from ._heads_common import W_V_per_head, boot_heads
 from ._scores import HeadScores
 
@@ -93,7 +94,8 @@ def ov_copying(model: Any, task: Any = None, *, names: Sequence[Any] | None = No
                negative: bool = False, mlp0: bool = True, confidence: float = 0.95,
                seed: int = 0) -> HeadScores:
     """Fraction of the task's names each head's full OV circuit puts in their own top-``k``
-    logits (``negative``: of -W_OV), with bootstrap intervals over names."""
+    logits (``negative``: of -W_OV), with bootstrap intervals over names widened to cover
+    the Wilson interval of the rate (so every name copied reads [0.8, 1], not [1, 1])."""
     import torch
 
     from .. import _validate
@@ -121,6 +123,9 @@ def ov_copying(model: Any, task: Any = None, *, names: Sequence[Any] | None = No
         hit = (top == tok[None, None, :, None]).any(-1).float()  # [L, H, n]
     per = hit.permute(2, 0, 1).cpu().numpy().astype(float)  # [n, L, H]
     mean, lo, hi = boot_heads(per, confidence, seed)
+    # a rate over names: never narrower than its Wilson interval (all n names hit is not [1, 1])
+    w_lo, w_hi = wilson_ci(per.sum(0), np.full(per.shape[1:], per.shape[0]), confidence)
+    lo, hi = np.minimum(lo, w_lo), np.maximum(hi, w_hi)
     return HeadScores("ov_negative_copying" if negative else "ov_copying", mean, lo, hi, per,
                       confidence)
 
