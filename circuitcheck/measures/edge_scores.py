@@ -156,16 +156,24 @@ class EdgeScores(ResultProtocol):
                 "them on this model with cc.edge_scores(model, task)")
 
     # -- files --------------------------------------------------------------------------
-    def to_json(self, path: str | Path | None, model: Any,
-                in_graph: "EdgeCircuit | int | Iterable[Any] | None" = None) -> dict[str, Any]:
+    def to_json(self, path: str | Path | None, model: Any = None,
+                in_graph: "EdgeCircuit | int | bool | Iterable[Any] | None" = None
+                ) -> dict[str, Any]:
         """EAP-IG's graph JSON: every edge with its ``score``; ``in_graph`` marks an
-        ``EdgeCircuit``'s edges, the top-n edges (an int) or the named edges; None marks
-        every edge (nothing pruned: the scores carry the ranking). Written to ``path`` if
-        given; ``cc.Circuit.from_file`` reads the marked edges back, ``from_file`` the scores."""
-        self.check_model(model)
-        if in_graph is None:
+        ``EdgeCircuit``'s edges, the top-n edges (an int) or the named edges; None or True
+        marks every edge (nothing pruned: the scores carry the ranking); False writes no
+        ``in_graph`` at all (scores only: MIB's importance-score form). Written to ``path``
+        if given; ``cc.Circuit.from_file`` reads the marked edges back, ``from_file`` the
+        scores. ``model`` is optional (the scores know their shape); given, it is checked
+        and its ``d_model`` recorded in ``cfg``."""
+        if model is not None:
+            self.check_model(model)
+        graph = self.shape if model is None else model
+        if in_graph is False:
+            return write_graph_json(path, graph, None, self.scores)
+        if in_graph is None or in_graph is True:
             kept = set(self.names)
-        elif isinstance(in_graph, int) and not isinstance(in_graph, bool):
+        elif isinstance(in_graph, int):
             kept = {e.name for e in self.top(in_graph).edges}
         else:
             edges = in_graph.edges if isinstance(in_graph, EdgeCircuit) else in_graph
@@ -177,7 +185,7 @@ class EdgeScores(ResultProtocol):
             unknown = sorted(kept - set(self.names))
             if unknown:
                 raise CircuitError(f"in_graph names edges not in this graph: {unknown[:3]}")
-        return write_graph_json(path, model, kept, self.scores)
+        return write_graph_json(path, graph, kept, self.scores)
 
     @classmethod
     def from_file(cls, path: str | Path, kv_group: int = 1) -> "EdgeScores":
