@@ -389,9 +389,9 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                 problem = circuit_problem(KINDS[kind], expect[kind], circuit)
                 if problem:
                     raise ClaimFileError(f"{_where(path, raw['expect'], kind)}: claim {name!r}: "
-                                         f"{problem}" + (f" (the circuit is at "
-                                                         f"{circuit.source})"
-                                                         if circuit.source else ""))
+                                         f"{problem}" + (f" (the circuit is at {where})"
+                                                         if (where := getattr(
+                                                             circuit, "source", "")) else ""))
             bos = raw.get("prepend_bos", data.get("prepend_bos"))
             if bos is not None and not isinstance(bos, bool):
                 node = raw if "prepend_bos" in raw else data

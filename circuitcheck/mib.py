@@ -12,7 +12,8 @@ named ``<task>_<model>`` (e.g. ``ioi_gpt2``), holding either
 
 The README does not name the files inside a folder (its examples are on the Hugging Face hub);
 we write ``importances.json`` and ``edges_<percent>pct.json`` and read any ``*.json``: one
-file is the importance form, nine the binary form (matched to the percentages by size).
+file is the importance form, nine the binary form (matched to the percentages by our names,
+else by size, smallest first).
 """
 from __future__ import annotations
 
@@ -92,7 +93,11 @@ def read_mib(folder: str | Path) -> EdgeScores | dict[float, EdgeCircuit]:
                            f"scores or {len(MIB_PERCENTS)} binary circuits (at most "
                            f"{list(MIB_PERCENTS)} % of edges), but it has {len(files)} .json "
                            "files; write it with cc.mib.write_mib")
-    circuits = sorted((read_graph_json(f) for f in files), key=len)
+    named = {f.name: f for f in files}
+    if set(named) == {percent_name(p) for p in MIB_PERCENTS}:  # ours: matched by name
+        circuits = [read_graph_json(named[percent_name(p)]) for p in MIB_PERCENTS]
+    else:  # another tool's names: matched to the sizes by size
+        circuits = sorted((read_graph_json(f) for f in files), key=len)
     shapes = {c.shape for c in circuits}
     if len(shapes) != 1:
         raise CircuitError(f"{folder}: the circuits are for different model shapes "
