@@ -211,3 +211,43 @@ def test_a_scores_file_of_another_model_shape_is_refused(planted, tmp_path):
     with pytest.raises(CircuitError, match="3 layers x 4 heads.*compute them on this model"):
         cc.faithfulness_curve(planted, cc.tasks.induction(planted, 8, seq_len=8, seed=0),
                               cc.EdgeScores.from_file(tmp_path / "other.json"))
+
+
+# -- discover --edges ---------------------------------------------------------------------------
+
+def test_discover_edges_writes_an_edge_claim_that_holds(tmp_path, planted):
+    import yaml
+
+    from circuitcheck.cli import main
+
+    out = tmp_path / "circuits" / "found_edges.yaml"
+    assert main(["discover", "--edges", "--model", "zoo:planted", "--task", "induction",
+                 "--arg", "n=32", "--arg", "seq_len=8", "--top", "5", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert doc["circuit"] == {"file": "found_edges.json"}
+    graph = read_graph_json(out.with_suffix(".json"))
+    assert len(graph) == 5 and graph.shape == (2, 4) and len(graph.scores) == 110
+    expect = doc["claims"][0]["expect"]
+    assert set(expect) == {"faithfulness", "necessity", "faithfulness_curve"}
+    assert expect["faithfulness"]["at_least"] >= 0.8  # EAP-IG's top 5 keep the copying
+    failures, records = _run(out, planted, doc["claims"][0]["name"])
+    assert failures == [], failures
+    assert {r["kind"] for r in records} == {"faithfulness", "necessity",
+                                            "faithfulness curve CPR"}
+    assert main(["discover", "--edges", "--model", "zoo:planted", "--task", "induction",
+                 "--top", "5", "--out", str(out)]) == 2  # refuses to overwrite
+
+
+def test_discover_edges_bad_options_are_named(tmp_path, capsys):
+    from circuitcheck.cli import main
+
+    base = ["discover", "--model", "zoo:planted", "--task", "induction", "--arg", "n=8",
+            "--arg", "seq_len=6"]
+    assert main(base + ["--threshold", "0.1", "--out", str(tmp_path / "a.yaml")]) == 2
+    assert "--threshold selects edges; add --edges" in capsys.readouterr().err
+    assert main(base + ["--edges", "--top", "3", "--threshold", "0.1",
+                        "--out", str(tmp_path / "a.yaml")]) == 2
+    assert "give --top N or --threshold T, not both" in capsys.readouterr().err
+    assert main(base + ["--edges", "--out", str(tmp_path / "a.txt")]) == 2
+    assert "names the claim file to write (.yaml)" in capsys.readouterr().err

@@ -74,7 +74,7 @@ register(ClaimKind(
 
 register(ClaimKind(
     name="recovers",
-    summary="edge scores find the true circuit: AUROC of |score| vs its edges at least a value",
+    summary="edge scores find the true circuit: AUROC of the score magnitudes at least a value",
     target="circuit", assertion=AE + "assert_recovers",
     measure="circuitcheck.measures.edge_auroc:edge_auroc",
     params=(Param("auroc_at_least", NUMBER, True, "required AUROC"),
