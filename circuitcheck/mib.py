@@ -92,7 +92,7 @@ def read_mib(folder: str | Path) -> EdgeScores | dict[float, EdgeCircuit]:
         raise CircuitError(f"{folder}: an MIB submission folder holds 1 file of importance "
                            f"scores or {len(MIB_PERCENTS)} binary circuits (at most "
                            f"{list(MIB_PERCENTS)} % of edges), but it has {len(files)} .json "
-                           "files; write it with cc.mib.write_mib")
+                           "files; write it with circuitcheck.mib.write_mib")
     named = {f.name: f for f in files}
     if set(named) == {percent_name(p) for p in MIB_PERCENTS}:  # ours: matched by name
         circuits = [read_graph_json(named[percent_name(p)]) for p in MIB_PERCENTS]

@@ -61,6 +61,10 @@ def test_scores_to_json_needs_no_model_and_round_trips(tmp_path):
     with pytest.raises(CircuitError, match="no 'in_graph'.*mark the circuit's edges"):
         read_graph_json(path)
     assert json.loads(path.read_text())["cfg"]["n_layers"] == 2
+    s.top(3).to_json(path)  # a circuit from scores knows its shape too
+    assert set(cc.Circuit.from_file(path).edges) == set(s.top(3).edges)
+    with pytest.raises(CircuitError, match="needs the model's shape: pass the model"):
+        EdgeCircuit(TRUTH).to_json(path)
 
 
 def test_mib_importance_and_binary_forms_round_trip(tmp_path):
