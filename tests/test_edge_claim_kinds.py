@@ -182,6 +182,8 @@ def test_report_draws_the_curve_band_and_the_roc(planted):
      "cpr_at_least is -0.2, but CPR lies in [0, 1]"),
     (EDGES, "faithfulness_curve: {cmd_at_most: 2}", "cmd_at_most is 2, but CMD lies in [0, 1]"),
     (EDGES, "faithfulness_curve: {method: eap}", "needs cpr_at_least and/or cmd_at_most"),
+    (EDGES, "faithfulness_curve: {cpr_at_least: 0.5, sizes: [0.5, 0.1]}",
+     "sizes must be a list of at least 2 increasing fractions"),
 ])
 def test_bad_edge_score_claims_name_file_line_and_fix(tmp_path, circuit, expect, needle):
     path = tmp_path / "bad.yaml"

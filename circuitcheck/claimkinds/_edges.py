@@ -25,6 +25,15 @@ def _curve_check(spec: Mapping[str, Any]) -> str | None:
     if "cpr_at_least" not in spec and "cmd_at_most" not in spec:
         return ("needs cpr_at_least and/or cmd_at_most (e.g. faithfulness_curve: "
                 "{cpr_at_least: 0.9, cmd_at_most: 0.1})")
+    sizes = spec.get("sizes")
+    if sizes is not None:
+        ok = (isinstance(sizes, list) and len(sizes) >= 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1
+                      for x in sizes)
+              and all(a < b for a, b in zip(sizes, sizes[1:])))
+        if not ok:
+            return (f"sizes must be a list of at least 2 increasing fractions of the edges in "
+                    f"(0, 1], e.g. [0.01, 0.1, 0.5, 1.0]; got {sizes!r}")
     return _unit_bounds(spec)
 
 
