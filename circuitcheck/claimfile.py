@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claimkinds import KINDS, SpecError, edge_problem
+from .claimkinds import KINDS, SpecError, circuit_problem
 from .claimkinds import run as run_kind
 from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
@@ -372,6 +372,12 @@ def read_claim_file(path: str | Path) -> ClaimFile:
             if "expect" not in raw:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} has no 'expect'")
             expect = _check_expect(path, raw["expect"])
+            for kind in expect:  # a kind's own rule first: it names the fix (a truth, ...)
+                check = KINDS[kind].circuit_check
+                problem = check(expect[kind], circuit) if circuit is None and check else None
+                if problem:
+                    raise ClaimFileError(f"{_where(path, raw['expect'], kind)}: claim "
+                                         f"{name!r}: {problem}")
             if circuit is None and set(expect) & NEEDS_CIRCUIT:
                 raise ClaimFileError(f"{_where(path, raw)}: claim {name!r} expects "
                                      f"{sorted(set(expect) & NEEDS_CIRCUIT)} but names no circuit")
@@ -380,10 +386,12 @@ def read_claim_file(path: str | Path) -> ClaimFile:
 
                 circuit = replace(circuit, name=name)
             for kind in expect:
-                problem = edge_problem(KINDS[kind], circuit)
+                problem = circuit_problem(KINDS[kind], expect[kind], circuit)
                 if problem:
                     raise ClaimFileError(f"{_where(path, raw['expect'], kind)}: claim {name!r}: "
-                                         f"{problem} (the circuit is at {circuit.source})")
+                                         f"{problem}" + (f" (the circuit is at {where})"
+                                                         if (where := getattr(
+                                                             circuit, "source", "")) else ""))
             bos = raw.get("prepend_bos", data.get("prepend_bos"))
             if bos is not None and not isinstance(bos, bool):
                 node = raw if "prepend_bos" in raw else data

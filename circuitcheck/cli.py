@@ -3,6 +3,7 @@
     circuitcheck demo                  check the zoo claims in circuits/, write reports/
     circuitcheck run PATH ... [--report DIR] [pytest options]
     circuitcheck discover --model M --task T [--arg k=v ...] --out circuits/x.yaml
+    circuitcheck discover --edges --model M --task T [--top N | --threshold T] --out x.yaml
     circuitcheck zoo list | build NAME
 """
 from __future__ import annotations
@@ -56,13 +57,29 @@ def _discover(ns: argparse.Namespace) -> int:
         from .claimfile import validate_task_spec
 
         spec = validate_task_spec(Path(ns.out), spec, "--task")
-        doc = discover(ns.model, spec, ns.out, trials=ns.trials, top=ns.top,
-                       percentile=ns.percentile, ablation=ns.ablation, metric=ns.metric,
-                       margin=ns.margin, seed=ns.seed, device=ns.device,
-                       overwrite=ns.force)
+        if ns.edges:
+            from .discover import discover_edges
+
+            doc = discover_edges(ns.model, spec, ns.out, method=ns.method, steps=ns.steps,
+                                 top=ns.top, threshold=ns.threshold,
+                                 ablation=ns.ablation or "resample",
+                                 metric=ns.metric or "logit_diff", margin=ns.margin,
+                                 seed=ns.seed, device=ns.device, overwrite=ns.force)
+        else:
+            if ns.threshold is not None:
+                print("circuitcheck discover: --threshold selects edges; add --edges",
+                      file=sys.stderr)
+                return 2
+            doc = discover(ns.model, spec, ns.out, trials=ns.trials, top=ns.top,
+                           percentile=ns.percentile, ablation=ns.ablation or "mean",
+                           metric=ns.metric or "top1", margin=ns.margin, seed=ns.seed,
+                           device=ns.device, overwrite=ns.force)
     except CircuitCheckError as exc:
         print(f"circuitcheck discover: {exc}", file=sys.stderr)
         return 2
+    if ns.edges:
+        print(f"wrote {ns.out} and {doc['circuit']['file']}: {doc['source']}")
+        return 0
     heads = doc["circuit"]["groups"]["discovered"]
     print(f"wrote {ns.out}: {len(heads)} heads {heads}; {doc['source']}")
     return 0
@@ -91,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("paths", nargs="+", help="YAML claim files, test files or directories")
     r.add_argument("--report", default=None, help="also write the HTML/JSON report here")
     r.set_defaults(func=_run)
-    c = sub.add_parser("discover", help="find the heads that matter and write a YAML claim")
+    c = sub.add_parser("discover", help="find the heads (or, --edges, the edges) that matter "
+                       "and write a YAML claim")
     c.add_argument("--model", required=True, help="hub id, local directory or zoo:NAME")
     c.add_argument("--task", required=True, help="task builder: ioi, induction, greater_than, "
                    "copying, jsonl, csv")
@@ -100,11 +118,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="claim file to write, e.g. circuits/x.yaml")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.add_argument("--trials", type=int, default=2048, help="trials per regime (default 2048)")
-    c.add_argument("--top", type=int, default=None, help="keep the top K heads by importance")
+    c.add_argument("--top", type=int, default=None, help="keep the top K heads by importance "
+                   "(with --edges: the top K edges by |score|)")
     c.add_argument("--percentile", type=float, default=90.0,
                    help="without --top: keep heads above this importance percentile (default 90)")
-    c.add_argument("--ablation", default="mean", help="zero, mean, mean-by-template, resample")
-    c.add_argument("--metric", default="top1", help="top1, logit_diff, prob, logprob, ...")
+    c.add_argument("--ablation", default=None, help="zero, mean, mean-by-template, resample "
+                   "(default mean; with --edges resample, as MIB)")
+    c.add_argument("--metric", default=None, help="top1, logit_diff, prob, logprob, ... "
+                   "(default top1; with --edges logit_diff: scores need a gradient)")
+    c.add_argument("--edges", action="store_true", help="score edges (EAP / EAP-IG) and write "
+                   "an edge claim plus its EAP-IG graph JSON (<out>.json)")
+    c.add_argument("--method", default="eap-ig", help="with --edges: eap or eap-ig")
+    c.add_argument("--steps", type=int, default=5, help="with --edges: EAP-IG steps (default 5)")
+    c.add_argument("--threshold", type=float, default=None,
+                   help="with --edges: keep every edge with |score| >= this (else --top N, "
+                   "default the top 5%% of edges)")
     c.add_argument("--margin", type=float, default=0.05,
                    help="thresholds are the measured interval bound -/+ this (default 0.05)")
     c.add_argument("--seed", type=int, default=0)

@@ -394,34 +394,54 @@ class EdgeCircuit:
             return circuit
         return cls(data["edges"], name=data.get("name", "circuit"), source=source)
 
-    def to_json(self, path: str | Path | None, model: Any) -> dict[str, Any]:
+    def to_json(self, path: str | Path | None, model: Any = None) -> dict[str, Any]:
         """EAP-IG's graph JSON (``cfg``, ``nodes``, ``edges`` with ``score`` and
-        ``in_graph``) with this circuit's edges in the graph; written to ``path`` if given."""
+        ``in_graph``) with this circuit's edges in the graph; written to ``path`` if given.
+        ``model`` (or the circuit's own ``shape``) fixes the graph."""
         kept = {e.name for e in self.edges}
         if self.positions:
             raise CircuitError("EAP-IG's graph JSON has no positions; drop the edges' "
                                "positions before writing it")
+        if model is None:
+            if self.shape is None:
+                raise CircuitError(f"{self._where()}writing a graph JSON needs the model's "
+                                   "shape: pass the model, to_json(path, model)")
+            model = self.shape
         return write_graph_json(path, model, kept, self.scores or {})
 
 
 # -- EAP-IG graph JSON --------------------------------------------------------------------
 
 def graph_cfg(model: Any) -> dict[str, Any]:
+    """EAP-IG's ``cfg`` of a model, or of a bare ``(n_layers, n_heads)`` shape (no d_model)."""
+    if isinstance(model, tuple):
+        return {"n_layers": int(model[0]), "n_heads": int(model[1]),
+                "parallel_attn_mlp": False}
     cfg = model.cfg
     return {"n_layers": int(cfg.n_layers), "n_heads": int(cfg.n_heads),
             "parallel_attn_mlp": bool(getattr(cfg, "parallel_attn_mlp", False)),
             "d_model": int(cfg.d_model)}
 
 
-def write_graph_json(path: str | Path | None, model: Any, in_graph: set[str],
-                     scores: Mapping[str, float]) -> dict[str, Any]:
-    """EAP-IG's format: every edge of the model's graph with its score and ``in_graph``; a
-    node is in the graph when an edge in the graph touches it (``logits`` always)."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    edges = {e.name: {"score": float(scores.get(e.name, 0.0)), "in_graph": e.name in in_graph}
-             for e in all_edges(L, H)}
-    touched = {n for name in in_graph for e in [parse_edge(name)] for n in (e.sender, e.receiver)}
-    nodes = {n: {"in_graph": n in touched or n == "logits"}
+def write_graph_json(path: str | Path | None, model: Any, in_graph: set[str] | None,
+                     scores: Mapping[str, float] | None) -> dict[str, Any]:
+    """EAP-IG's format: every edge of the model's graph (``model`` or an ``(n_layers,
+    n_heads)`` shape) with its score and ``in_graph``; a node is in the graph when an edge in
+    the graph touches it (``logits`` always). ``in_graph=None`` writes scores only (no
+    ``in_graph`` flags: MIB's importance-score form); ``scores=None`` writes flags only
+    (MIB's binary-circuit form)."""
+    L, H = (model if isinstance(model, tuple) else (model.cfg.n_layers, model.cfg.n_heads))
+    edges: dict[str, dict[str, Any]] = {}
+    for e in all_edges(L, H):
+        info: dict[str, Any] = {}
+        if scores is not None:
+            info["score"] = float(scores.get(e.name, 0.0))
+        if in_graph is not None:
+            info["in_graph"] = e.name in in_graph
+        edges[e.name] = info
+    kept = in_graph or set()
+    touched = {n for name in kept for e in [parse_edge(name)] for n in (e.sender, e.receiver)}
+    nodes = {n: ({"in_graph": n in touched or n == "logits"} if in_graph is not None else {})
              for n in sender_names(L, H) + ["logits"]}
     data = {"cfg": graph_cfg(model), "nodes": nodes, "edges": edges}
     if path is not None:

@@ -123,13 +123,14 @@ def test_head_circuit_kinds_refuse_an_edge_circuit_before_any_model(tmp_path, ki
     (_, _, text), = parsed.errors
     assert f"c.yaml:8: claim 'mixed': {kind} needs a head circuit" in text
     assert "edge circuit (mixed: 5 edges among 4 nodes)" in text
-    assert "(faithfulness, necessity)" in text and "circuit: {groups: {...}}" in text
+    assert "(faithfulness, necessity, faithfulness_curve, recovers)" in text and "circuit: {groups: {...}}" in text
     assert "(the circuit is at " in text and text.endswith("c.yaml:3)")
 
 
 def test_the_registry_refuses_edges_in_python_too():
     edges = EdgeCircuit(TRUTH)
-    assert {k.name for k in KINDS.values() if k.edge_circuits} == {"faithfulness", "necessity"}
+    assert {k.name for k in KINDS.values() if k.edge_circuits} == {
+        "faithfulness", "necessity", "faithfulness_curve", "recovers"}
     assert edge_problem(KINDS["faithfulness"], edges) is None
     assert edge_problem(KINDS["equivalence"], None) is None
     with pytest.raises(CircuitError, match="equivalence needs a head circuit"):
@@ -154,8 +155,8 @@ def test_the_example_json_is_the_inline_circuit_in_eap_ig_format():
     from circuitcheck.claimfile import read_claim_file as read
 
     parsed = read(EXAMPLE)
-    assert parsed.errors == () and len(parsed.claims) == 3
-    inline, _, from_file = (c.circuit for c in parsed.claims)
+    assert parsed.errors == () and len(parsed.claims) == 6  # 3 + the edge-score kinds' 3
+    inline, _, from_file = (c.circuit for c in parsed.claims[:3])
     assert [e.name for e in inline.edges] == TRUTH
     assert set(from_file.edges) == set(inline.edges) and from_file.shape == (2, 4)
     data = json.loads(EXAMPLE_JSON.read_text())
@@ -196,7 +197,7 @@ def test_example_holds_and_bad_claims_fail_alone_in_a_run(pytester):
     rep = pytester.path / "rep"
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-v",
                                            f"--cc-report={rep}")
-    result.assert_outcomes(passed=4, failed=3)
+    result.assert_outcomes(passed=7, failed=3)  # the example: 6 claims
     result.stdout.fnmatch_lines([
         "*bad.yaml::runs PASSED*", "*bad.yaml::out-of-range FAILED*",
         "*bad.yaml::other-shape FAILED*", "*bad.yaml::refused FAILED*",
@@ -210,8 +211,9 @@ def test_example_holds_and_bad_claims_fail_alone_in_a_run(pytester):
     assert "bad.yaml:14: claim 'refused': localization needs a head circuit" in out
     doc = json.loads((rep / "results.json").read_text())
     held = {r["claim"]: r for r in doc["claims"] if r["verdict"] == "held"}
-    assert sorted(held) == ["planted-edges-from-eap-ig-file", "planted-edges-necessary",
-                            "planted-edges-sufficient", "runs"]
+    assert sorted(held) == ["eap-ig-curve-is-faithful", "eap-ig-recovers-the-planted-edges",
+                            "file-scores-curve-is-faithful", "planted-edges-from-eap-ig-file",
+                            "planted-edges-necessary", "planted-edges-sufficient", "runs"]
     record = held["planted-edges-sufficient"]["measurement"]["circuit"]
     assert record["n_edges"] == 5 and record["edges"] == TRUTH and record["type"] == "edges"
     scored = [r for r in doc["claims"] if r["claim"] == "planted-edges-from-eap-ig-file"]

@@ -95,6 +95,10 @@ class ClaimKind:
     check: Callable[[Mapping[str, Any]], str | None] | None = field(default=None, repr=False)
     score_kinds: str = ""  # per_score only: "module:attribute" of the allowed score kinds
     edge_circuits: bool = False  # circuit only: also measures an EdgeCircuit (a graph of edges)
+    #: a rule on the spec and the claim's circuit together (e.g. a ground truth is needed):
+    #: returns the problem in words, or None; checked before any model loads
+    circuit_check: Callable[[Mapping[str, Any], Any], str | None] | None = field(
+        default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -217,9 +221,18 @@ def edge_problem(kind: ClaimKind, circuit: Any) -> str | None:
             + EDGE_KINDS_HINT.format(kinds=takes, kind=kind.name))
 
 
-def refuse_edges(kind: ClaimKind, circuit: Any) -> None:
-    """Raise ``CircuitError`` with ``edge_problem``'s reason, if there is one."""
+def circuit_problem(kind: ClaimKind, spec: Mapping[str, Any], circuit: Any) -> str | None:
+    """Why ``kind`` cannot run with ``spec`` on ``circuit``: ``edge_problem``, or the kind's
+    own ``circuit_check`` (a recovers claim without a true circuit), or None."""
     problem = edge_problem(kind, circuit)
+    if problem is None and kind.circuit_check is not None and kind.target != "per_score":
+        problem = kind.circuit_check(spec, circuit)
+    return problem
+
+
+def refuse_edges(kind: ClaimKind, circuit: Any, spec: Mapping[str, Any] | None = None) -> None:
+    """Raise ``CircuitError`` with ``circuit_problem``'s reason, if there is one."""
+    problem = circuit_problem(kind, spec or {}, circuit)
     if problem:
         from ..errors import CircuitError
 
@@ -229,7 +242,7 @@ def refuse_edges(kind: ClaimKind, circuit: Any) -> None:
 def run(kind: ClaimKind, model: Any, task: Any, circuit: Any, spec: Mapping[str, Any],
         name: str) -> None:
     """Check one expectation: call the kind's assertion as its ``target`` says."""
-    refuse_edges(kind, circuit)
+    refuse_edges(kind, circuit, spec)
     fn = kind.assertion_function()
     spec = dict(spec)
     if kind.target == "circuit":
@@ -261,6 +274,8 @@ def readme_list() -> str:
 from . import _builtin  # noqa: E402,F401  (registers the built-in kinds)
 
 __all__ = ["ANY", "BOOL", "EXAMPLE_FILE", "HEADS", "INT", "KINDS", "NUMBER", "TEXT", "TEXTS",
-           "ClaimKind", "Param", "ParamType", "SpecError", "edge_problem", "get", "readme_list",
+           "ClaimKind", "Param", "ParamType", "SpecError", "circuit_problem", "edge_problem", "get",
+           "readme_list",
            "refuse_edges", "register", "resolve", "run", "validate"]
 from . import _analysis  # noqa: E402,F401  (OV copying, attention, compensation, logit lens)
+from . import _edges  # noqa: E402,F401  (faithfulness curve, recovers)

@@ -52,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 METHODS = ("eap", "eap-ig")
 #: Ablation names edge scores take; ``corrupted`` is the field's name for resample.
 ALIASES = {"corrupted": "resample", "patching": "resample"}
+#: Keep the per-prompt scores ([N, E], for bootstrap intervals of AUROC) up to this many numbers.
+PER_PROMPT_LIMIT = 20_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,9 @@ class EdgeScores(ResultProtocol):
     ``values[i]`` is edge ``names[i]``'s mean score, ``ci_low``/``ci_high`` its
     ``confidence`` interval (NaN with fewer than 2 prompts); ``shape`` is the
     ``(n_layers, n_heads)`` of the model they were computed on, ``kv_group`` its query heads
-    per key/value head."""
+    per key/value head. ``per_prompt`` is the [N, E] scores per prompt (their mean is
+    ``values``; kept when N x E <= ``PER_PROMPT_LIMIT``, else None), which bootstrap
+    intervals over prompts (``cc.edge_auroc``) resample."""
 
     values: np.ndarray
     ci_low: np.ndarray
@@ -80,6 +84,10 @@ class EdgeScores(ResultProtocol):
     details: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- views --------------------------------------------------------------------------
+    @property
+    def per_prompt(self) -> np.ndarray | None:
+        return self.details.get("per_prompt")
+
     @property
     def scores(self) -> dict[str, float]:
         """Edge name -> score."""
@@ -148,16 +156,24 @@ class EdgeScores(ResultProtocol):
                 "them on this model with cc.edge_scores(model, task)")
 
     # -- files --------------------------------------------------------------------------
-    def to_json(self, path: str | Path | None, model: Any,
-                in_graph: "EdgeCircuit | int | Iterable[Any] | None" = None) -> dict[str, Any]:
+    def to_json(self, path: str | Path | None, model: Any = None,
+                in_graph: "EdgeCircuit | int | bool | Iterable[Any] | None" = None
+                ) -> dict[str, Any]:
         """EAP-IG's graph JSON: every edge with its ``score``; ``in_graph`` marks an
-        ``EdgeCircuit``'s edges, the top-n edges (an int) or the named edges; None marks
-        every edge (nothing pruned: the scores carry the ranking). Written to ``path`` if
-        given; ``cc.Circuit.from_file`` reads the marked edges back, ``from_file`` the scores."""
-        self.check_model(model)
-        if in_graph is None:
+        ``EdgeCircuit``'s edges, the top-n edges (an int) or the named edges; None or True
+        marks every edge (nothing pruned: the scores carry the ranking); False writes no
+        ``in_graph`` at all (scores only: MIB's importance-score form). Written to ``path``
+        if given; ``cc.Circuit.from_file`` reads the marked edges back, ``from_file`` the
+        scores. ``model`` is optional (the scores know their shape); given, it is checked
+        and its ``d_model`` recorded in ``cfg``."""
+        if model is not None:
+            self.check_model(model)
+        graph = self.shape if model is None else model
+        if in_graph is False:
+            return write_graph_json(path, graph, None, self.scores)
+        if in_graph is None or in_graph is True:
             kept = set(self.names)
-        elif isinstance(in_graph, int) and not isinstance(in_graph, bool):
+        elif isinstance(in_graph, int):
             kept = {e.name for e in self.top(in_graph).edges}
         else:
             edges = in_graph.edges if isinstance(in_graph, EdgeCircuit) else in_graph
@@ -169,7 +185,7 @@ class EdgeScores(ResultProtocol):
             unknown = sorted(kept - set(self.names))
             if unknown:
                 raise CircuitError(f"in_graph names edges not in this graph: {unknown[:3]}")
-        return write_graph_json(path, model, kept, self.scores)
+        return write_graph_json(path, graph, kept, self.scores)
 
     @classmethod
     def from_file(cls, path: str | Path, kv_group: int = 1) -> "EdgeScores":
@@ -281,6 +297,8 @@ def edge_scores(model: Any, task: Task, method: str = "eap-ig", *, steps: int = 
                          for e in edges])
     total = torch.zeros(len(edges), dtype=torch.float64)
     total_sq = torch.zeros(len(edges), dtype=torch.float64)
+    keep_rows = enc.n * len(edges) <= PER_PROMPT_LIMIT
+    per_prompt: list[np.ndarray] = []
     table = None if ref.blocks is None else torch.cat(ref.blocks, dim=2)  # [K, P, S, d]
     with split_qkv_inputs(model):
         for rows in length_batches(enc.lengths, _rows(model, enc), device=model.cfg.device):
@@ -288,6 +306,8 @@ def edge_scores(model: Any, task: Task, method: str = "eap-ig", *, steps: int = 
             got = per[:, flat].double().cpu()
             total += got.sum(0)
             total_sq += (got ** 2).sum(0)
+            if keep_rows:
+                per_prompt.append((rows.cpu().numpy(), got.float().numpy()))
     n = enc.n
     mean = (total / n).numpy()
     if n >= 2:
@@ -300,7 +320,17 @@ def edge_scores(model: Any, task: Task, method: str = "eap-ig", *, steps: int = 
                       steps=steps, ablation=ref.describe(), metric=m.name,
                       confidence=confidence, n=n, kv_group=kv_groups(model),
                       model=getattr(model, "cc_name", ""), task=task.name,
-                      details={"seconds": time.perf_counter() - t0})
+                      details={"seconds": time.perf_counter() - t0,
+                               **({"per_prompt": _in_order(per_prompt, n)} if keep_rows
+                                  else {})})
+
+
+def _in_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """The per-prompt score rows of every batch, back in prompt order: [N, E] float32."""
+    out = np.empty((n, parts[0][1].shape[1]), dtype=np.float32)
+    for rows, got in parts:
+        out[rows] = got
+    return out
 
 
 def _rows(model: Any, enc: EncodedTask) -> int:
