@@ -1,0 +1,147 @@
+"""Executors: Monte-Carlo and sweeps on a local Ray cluster give what one process gives.
+
+The cluster is started here (2 CPUs, a small object store, no dashboard) for the module and
+shut down after. Skips, with the install command, only where Ray is not installed and not in
+CI; CI installs it (the ``dev`` extra), so a missing Ray fails there.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import circuitcheck as cc
+from circuitcheck import executors
+from circuitcheck.errors import CircuitCheckError
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+
+
+def test_ray_is_installed_in_ci():
+    if os.environ.get("CI") and not HAS_RAY:
+        pytest.fail("CI must install Ray (pip install -e '.[dev]' brings it): "
+                    "tests/test_executor.py would skip without it")
+    if not HAS_RAY:
+        pytest.skip("Ray is not installed: pip install 'circuitcheck[ray]'")
+
+
+needs_ray = pytest.mark.skipif(not HAS_RAY and not os.environ.get("CI"),
+                               reason="Ray is not installed: pip install 'circuitcheck[ray]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=150 * 1024 ** 2, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        executors.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return cc.load_model("zoo:planted", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def task(planted):
+    return cc.tasks.induction(planted, n=64, seq_len=12, seed=0)
+
+
+def test_bad_executor_names_are_refused_with_the_forms():
+    for bad in ("rya", "ray:", "dask", 3):
+        with pytest.raises(CircuitCheckError, match="ray:ADDRESS|names no address"):
+            executors.check_spec(bad)
+    assert executors.check_spec(None) == "local"
+    assert executors.chunks_of(100, 3) == [range(0, 33), range(33, 67), range(67, 100)]
+    assert executors.chunks_of(40, 8, at_least=32) == [range(0, 40)]
+
+
+def test_without_ray_the_option_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "ray" else real(name, *a, **k))
+    with pytest.raises(CircuitCheckError, match=r"pip install 'circuitcheck\[ray\]'"):
+        executors.check_spec("ray:auto")
+
+
+def test_load_model_records_how_to_reload(planted):
+    assert planted.cc_load_spec == {"name_or_dir": "zoo:planted", "device": "cpu",
+                                    "dtype": "float32", "revision": None, "prepend_bos": None}
+
+
+@needs_ray
+def test_a_model_built_in_memory_is_refused_with_the_fix(planted, task):
+    """Refused before any trial runs (no cluster is needed to say so)."""
+    spec = planted.cc_load_spec
+    try:
+        planted.cc_load_spec = None
+        with pytest.raises(CircuitCheckError, match="not loaded by cc.load_model.*save_pretrained"):
+            cc.stochastic_ablation(planted, task, trials=8, executor="ray")
+        circuit = cc.Circuit({"induction": ["1.1"]})
+        with pytest.raises(CircuitCheckError, match="save_pretrained"):
+            cc.sweep(planted, task, circuit, executor="ray:auto")
+    finally:
+        planted.cc_load_spec = spec
+
+
+@needs_ray
+def test_monte_carlo_on_ray_equals_in_process(cluster, planted, task, monkeypatch):
+    """Sequential stopping on (rounds of 16, 32, 64 trials, each cut over both workers): the
+    driver decides between rounds, so it stops where one process stops, with the same draws."""
+    from circuitcheck.measures import _distributed
+
+    monkeypatch.setattr(_distributed, "MIN_CHUNK", 4)
+    kw = dict(heads=["0.2", "1.1"], trials=1024, min_trials=16, seed=3, ablation="mean",
+              metric="logit_diff", calibration_trials=32)
+    local = cc.stochastic_ablation(planted, task, **kw)
+    ray_mc = cc.stochastic_ablation(planted, task, executor="ray", **kw)
+    assert ray_mc.notes["executor"] == "ray" and local.notes["executor"] == "local"
+    assert set(local.raw) == set(ray_mc.raw) == {"importance", "exclusion"}
+    for regime in local.raw:
+        a, b = local.raw[regime], ray_mc.raw[regime]
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+        np.testing.assert_array_equal(a["prompt"], b["prompt"])
+        np.testing.assert_allclose(a["metric"], b["metric"], rtol=1e-5, atol=1e-5)
+        ea, eb = getattr(local, regime), getattr(ray_mc, regime)
+        np.testing.assert_allclose(ea.effect, eb.effect, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ea.ci_low, eb.ci_low, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ea.ci_high, eb.ci_high, rtol=1e-4, atol=1e-5)
+    assert local.decision == ray_mc.decision == "held"
+    assert local.trials_used == ray_mc.trials_used < 2 * 1024  # stopped early, at one look
+    # two workers each hold the model: the chunks really left this process
+    actors = executors.get_executor("ray").pool(planted)
+    assert len(actors) == 2
+    pids = set(cluster.get([a.ready.remote() for a in actors]))
+    assert os.getpid() not in pids and len(pids) == 2
+    assert cluster.get([a.prepared.remote() for a in actors]) == [["trials"], ["trials"]]
+
+
+@needs_ray
+def test_important_claim_on_ray_has_the_same_verdict(cluster, planted, task):
+    mc = cc.assert_important(planted, task, ["0.2", "1.1"], trials=1024, seed=0,
+                             executor="ray")
+    assert mc.decision == "held" and mc.notes["executor"] == "ray"
+
+
+@needs_ray
+def test_sweep_on_ray_equals_in_process(cluster, planted, task):
+    circuit = cc.Circuit({"previous token": ["0.2"], "induction": ["1.1"]})
+    kw = dict(ablation=["zero", "mean"], metric=["top1", "logit_diff", "kl"], at_least=0.8,
+              normalize="ablated", seed=0)
+    local = cc.sweep(planted, task, circuit, **kw)
+    remote = cc.sweep(planted, task, circuit, executor="ray", **kw)
+    assert list(local.measurements) == list(remote.measurements)
+    for key, m in local.measurements.items():
+        r = remote.measurements[key]
+        np.testing.assert_allclose(r.value, m.value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.ci, m.ci, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.per_prompt, m.per_prompt, rtol=1e-5, atol=1e-6)
+        assert local.verdict(key) == remote.verdict(key)
+    assert any(local.verdict(k) == "held" for k in local.measurements)
