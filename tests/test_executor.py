@@ -145,3 +145,30 @@ def test_sweep_on_ray_equals_in_process(cluster, planted, task):
         np.testing.assert_allclose(r.per_prompt, m.per_prompt, rtol=1e-5, atol=1e-6)
         assert local.verdict(key) == remote.verdict(key)
     assert any(local.verdict(k) == "held" for k in local.measurements)
+
+
+def test_cc_executor_option_is_checked_before_anything_runs(pytester):
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-executor", "rya")
+    assert bad.ret == 4  # a usage error, before collection
+    bad.stderr.fnmatch_lines(["*--cc-executor 'rya' is not an executor; use 'local', 'ray' or "
+                              "'ray:ADDRESS'*"])
+    if HAS_RAY:  # a good name only sets the default: no cluster starts for a test without one
+        good = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-executor",
+                                             "ray:127.0.0.1:1")
+        assert good.ret == 0
+
+
+def test_yaml_executor_key_is_validated_before_any_model_loads(tmp_path):
+    from circuitcheck.claimfile import read_claim_file
+
+    claim = ("model: zoo:planted\ntask: {builder: induction, n: 8}\n"
+             "claims:\n  - name: mc\n    expect:\n      important: {heads: ['1.1'], "
+             "executor: %s}\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(claim % "dask")
+    errors = read_claim_file(path).errors
+    assert len(errors) == 1 and "c.yaml:6: important.executor 'dask' is not an executor; " \
+        "use 'local', 'ray' or 'ray:ADDRESS'" in errors[0][2]
+    path.write_text(claim % "local")
+    assert read_claim_file(path).claims[0].expect["important"]["executor"] == "local"
