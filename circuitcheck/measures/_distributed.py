@@ -99,3 +99,36 @@ def _to_cpu(readout: Any) -> Any:
     return dataclasses.replace(readout, **{
         f.name: getattr(readout, f.name).cpu() for f in dataclasses.fields(readout)
         if getattr(readout, f.name) is not None and hasattr(getattr(readout, f.name), "cpu")})
+
+
+def run_attention_rows(model: Any, ctx: dict[str, Any], chunk: tuple[int, str, int, int],
+                       cache: dict) -> np.ndarray:
+    """Work function: answer log-probs [rows, N] of the head sets ``masks[start:stop]``
+    attention-ablated (``mode``) on the repeated-sequence task at ``lag`` (seed 004's grid)."""
+    import torch
+
+    from ..interventions.attention import run_attention_ablation
+    from ..tasks import induction
+
+    lag, mode, start, stop = chunk
+    key = ("attention", ctx["id"], lag)
+    if key not in cache:
+        if not any(k[:2] == ("attention", ctx["id"]) for k in cache):
+            cache.clear()  # a new measurement: free the previous one's
+        cache[key] = induction(model, ctx["n"], seq_len=lag, seed=ctx["seed"]).encode(model)
+    r = run_attention_ablation(model, cache[key], torch.from_numpy(ctx["masks"][start:stop]),
+                               mode, batch_size=ctx["batch_size"])
+    return r.logprob.cpu().numpy()
+
+
+def attention_grid(executor: Executor, model: Any, masks: Any, cells: list[tuple[int, str]],
+                   n: int, seed: int, batch_size: int | None) -> dict[tuple[int, str], np.ndarray]:
+    """Every (lag, mode) cell's answer log-probs [V, N] for the head sets ``masks`` [V, L, H],
+    the rows of each cell cut into one chunk per worker, put back in order."""
+    ctx = {"id": new_context_id(), "masks": masks.numpy(), "n": n, "seed": seed,
+           "batch_size": batch_size}
+    parts = chunks_of(len(masks), executor.slots(model))
+    chunks = [(lag, mode, r.start, r.stop) for lag, mode in cells for r in parts]
+    out = executor.map(model, run_attention_rows, ctx, chunks)
+    per = len(parts)
+    return {cell: np.concatenate(out[i * per:(i + 1) * per]) for i, cell in enumerate(cells)}
