@@ -118,7 +118,8 @@ class RayExecutor(Executor):
         """The actors holding ``model`` (started, and the model loaded, on first use)."""
         ray = self._ray()
         spec = load_spec(model)
-        key = (ray.get_runtime_context().get_job_id(), tuple(sorted(spec.items())))
+        rc = ray.get_runtime_context()  # a pool belongs to one Ray session and one driver
+        key = (rc.get_session_name(), rc.get_job_id(), tuple(sorted(spec.items())))
         if key not in self._pools:
             res = ray.cluster_resources()
             gpus = int(res.get("GPU", 0)) if spec.get("device") != "cpu" else 0

@@ -190,3 +190,18 @@ def test_ablation_curve_on_ray_equals_in_process(cluster, planted):
                                    rtol=1e-5, atol=1e-5)
     # a real effect, not zeros compared with zeros: ablating the induction head costs loss
     assert local.chosen[("zero", 6)][1].mean() > 0.1, local.chosen[("zero", 6)][1].mean()
+
+
+def test_local_executor_runs_work_in_order_with_its_cache(planted):
+    ex = executors.get_executor("local")
+    assert ex.is_local() and ex.slots(planted) == 1
+    seen = []
+
+    def work(model, ctx, chunk, cache):
+        cache.setdefault("calls", 0)
+        cache["calls"] += 1
+        return (model is planted, ctx, chunk, cache["calls"])
+
+    out = ex.map(planted, work, "ctx", [3, 1, 2], progress=seen.append, sizes=[30, 10, 20])
+    assert out == [(True, "ctx", 3, 1), (True, "ctx", 1, 2), (True, "ctx", 2, 3)]
+    assert seen == [30, 10, 20]
