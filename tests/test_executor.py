@@ -205,3 +205,17 @@ def test_local_executor_runs_work_in_order_with_its_cache(planted):
     out = ex.map(planted, work, "ctx", [3, 1, 2], progress=seen.append, sizes=[30, 10, 20])
     assert out == [(True, "ctx", 3, 1), (True, "ctx", 1, 2), (True, "ctx", 2, 3)]
     assert seen == [30, 10, 20]
+
+
+@needs_ray
+def test_the_session_default_is_used_when_no_executor_is_given(cluster, planted, task):
+    """What --cc-executor sets: a measurement called without executor= runs on Ray."""
+    executors.set_default("ray")
+    try:
+        mc = cc.stochastic_ablation(planted, task, trials=64, keep_prob=0.5,
+                                    exclusion_keep_prob=None, seed=0)
+    finally:
+        executors.set_default("local")
+    assert mc.notes["executor"] == "ray"
+    assert cc.stochastic_ablation(planted, task, trials=64, keep_prob=0.5,
+                                  exclusion_keep_prob=None, seed=0).notes["executor"] == "local"
