@@ -75,6 +75,16 @@ def text(value: Any, what: str) -> str:
     return value
 
 
+def executor(value: Any, what: str) -> str:
+    """An executor name: local, ray or ray:ADDRESS (and Ray installed for the latter two)."""
+    from .executors import check_spec
+
+    try:
+        return check_spec(value, what)
+    except CircuitCheckError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 def names(value: Any, what: str) -> Any:
     """A name, or a non-empty list of names (the sweep's ablation / metric lists)."""
     if isinstance(value, (list, tuple)):
@@ -105,4 +115,5 @@ KEY_CHECKS = {
     "seq_len": count, "n_repeats": count,
     "percentile": percentile,
     "reference": text, "normalize": text, "by": text, "component": text, "mode": text,
+    "executor": executor,
 }

@@ -244,6 +244,12 @@ def load_model(
         bridge.cc_fastpath = None
     _set_start_token(bridge, _original_adds_bos(source, revision), prepend_bos)
     bridge.cc_name = str(name_or_dir)  # what the user asked for, for reports
+    # how to load it again elsewhere (a Ray worker reloads it by these, ``executors``)
+    local = Path(str(name_or_dir)).expanduser()
+    bridge.cc_load_spec = {
+        "name_or_dir": str(local.resolve()) if local.exists() else str(name_or_dir),
+        "device": device, "dtype": str(dt).removeprefix("torch."), "revision": revision,
+        "prepend_bos": prepend_bos}
     _CACHE[key] = bridge
     return bridge
 

@@ -4,7 +4,7 @@ Registered through the ``pytest11`` entry point, so it is imported on every pyte
 environment: it stays thin and never imports torch until a test asks for a model.
 
 - ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-prepend-bos``, ``--cc-seed``,
-  ``--cc-report DIR``
+  ``--cc-executor ray[:ADDRESS]``, ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -24,6 +24,7 @@ from ._claimpaths import named_on_command_line, stray_claim_files
 
 PROPERTY = "circuitcheck"
 _PREVIOUS_SEED = pytest.StashKey[int]()
+_PREVIOUS_EXECUTOR = pytest.StashKey[str]()
 _BASELINE = pytest.StashKey[dict]()
 
 
@@ -41,6 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "tokenizer adds it), 'on' or 'off' (overrides YAML prepend_bos)")
     group.addoption("--cc-seed", default=0, type=int, metavar="SEED",
                     help="seed for bootstraps and sampling (default 0)")
+    group.addoption("--cc-executor", default=None, metavar="EXECUTOR",
+                    help="where Monte-Carlo trials and sweeps run: local (default), ray (a "
+                         "local Ray cluster, or RAY_ADDRESS) or ray:ADDRESS; needs "
+                         "pip install 'circuitcheck[ray]'")
     group.addoption("--cc-report", default=None, metavar="DIR",
                     help="write results.json and index.html about the claims to DIR")
     group.addoption("--cc-baseline", default=None, metavar="JSON",
@@ -104,7 +109,8 @@ _DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
 
 
 def _check_model_options(config: pytest.Config) -> None:
-    """``--cc-device`` / ``--cc-dtype`` / ``--cc-tolerance`` checked up front (without torch)."""
+    """``--cc-device`` / ``--cc-dtype`` / ``--cc-executor`` / ``--cc-tolerance`` checked up
+    front (without torch); ``--cc-executor`` becomes what ``executor=None`` means."""
     import math
     import re
 
@@ -116,6 +122,14 @@ def _check_model_options(config: pytest.Config) -> None:
     if dtype.removeprefix("torch.") not in _DTYPES:
         raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
                                 "float32, bfloat16, float16 (or float64)")
+    from . import executors
+    from .errors import CircuitCheckError
+
+    try:  # torch- and Ray-free: only whether the name is one and Ray is installed
+        config.stash[_PREVIOUS_EXECUTOR] = executors.default()
+        executors.set_default(config.getoption("--cc-executor"))
+    except CircuitCheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
     tol = config.getoption("--cc-tolerance")
     if tol is not None and not (math.isfinite(tol) and tol >= 0):
         raise pytest.UsageError(f"--cc-tolerance must be a finite number >= 0, got {tol}: "
@@ -153,6 +167,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
+    if _PREVIOUS_EXECUTOR in config.stash:
+        from . import executors
+
+        executors.set_default(config.stash[_PREVIOUS_EXECUTOR])
     _claims.set_drift_check(None)
 
 

@@ -121,7 +121,9 @@ register(ClaimKind(
             Param("layers", TEXT, doc="all, lower (layers 0..L/2-1) or upper (L/2..L-1)"),
             Param("n_permutations", INT, doc="random head sets per k"),
             Param("heads", HEADS, doc="the ranking, best first (default: by induction score)"),
-            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL)),
+            Param("confidence", NUMBER), Param("allow_inconclusive", BOOL),
+            Param("executor", TEXT, doc="local (default), ray or ray:ADDRESS "
+                                        "(pip install 'circuitcheck[ray]')")),
     verdict="holds when every lag's interval of the excess loss is at or above the bound, "
             "fails when one lag's is wholly below it, inconclusive otherwise",
     records="ablation curve", figures=("histogram", "lines"),

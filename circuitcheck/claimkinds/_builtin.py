@@ -27,6 +27,11 @@ def _ratio_params(threshold: str, doc: str) -> tuple[Param, ...]:
             Param("allow_inconclusive", BOOL, doc="pass when the interval straddles"))
 
 
+#: Where a Monte-Carlo or sweep claim's forward passes run (``circuitcheck.executors``).
+EXECUTOR = Param("executor", TEXT, doc="local (default), ray or ray:ADDRESS "
+                                      "(pip install 'circuitcheck[ray]')")
+
+
 def _test_params(first: Param) -> tuple[Param, ...]:
     return (first, Param("alpha", NUMBER, doc="test level"),
             Param("ablation", TEXT), Param("metric", TEXT), Param("reference", TEXT))
@@ -74,7 +79,8 @@ register(ClaimKind(
             Param("confidence", NUMBER), Param("keep_prob", NUMBER),
             Param("exclusion_keep_prob", NUMBER), Param("ablation", TEXT),
             Param("metric", TEXT), Param("reference", TEXT), Param("min_trials", INT),
-            Param("trial", TEXT, doc="prompt (one mask per prompt) or notebook (every prompt)")),
+            Param("trial", TEXT, doc="prompt (one mask per prompt) or notebook (every prompt)"),
+            EXECUTOR),
     verdict="held when every claimed head's simultaneous interval lies above every other "
             "head's, failed when another head is surely more important, inconclusive otherwise",
     records="<by> effect", figures=("histogram", "heatmap", "points", "bars"),
@@ -130,7 +136,8 @@ register(ClaimKind(
             Param("at_most", NUMBER, doc="necessity threshold (or at_least)"),
             Param("require", ANY, doc="all, or the combinations that must hold"),
             Param("ablation", TEXTS), Param("metric", TEXTS), Param("positions", TEXTS),
-            Param("normalize", TEXT), Param("reference", TEXT), Param("confidence", NUMBER)),
+            Param("normalize", TEXT), Param("reference", TEXT), Param("confidence", NUMBER),
+            EXECUTOR),
     check=_one_threshold,
     verdict="held when every required combination holds (each decided by its interval)",
     records="robust <faithfulness|necessity>", figures=("histogram", "grid"),
@@ -150,7 +157,7 @@ register(ClaimKind(
             Param("trial", TEXT, doc="prompt (one mask per prompt) or notebook (every prompt)"),
             Param("trials", INT), Param("keep_prob", NUMBER),
             Param("exclusion_keep_prob", NUMBER), Param("ablation", TEXT),
-            Param("metric", TEXT), Param("reference", TEXT)),
+            Param("metric", TEXT), Param("reference", TEXT), EXECUTOR),
     verdict=("held when every given fraction's interval (over prompts; for top-1 at least "
              "its Wilson interval) is past its bound, failed when one is wholly short, "
              "inconclusive otherwise"),

@@ -28,8 +28,10 @@ import numpy as np
 
 from ..circuit import Head, format_head
 from ..errors import CircuitCheckError
+from ..executors import get_executor, load_spec
 from ..interventions.attention import check_mode, run_attention_ablation
 from ..stats import bootstrap_ci
+from ._distributed import attention_grid
 from ._result import ResultProtocol, jsonable
 
 LAYER_SETS = ("all", "lower", "upper")
@@ -199,7 +201,7 @@ def ablation_curve(model: Any, *, ks: Sequence[int] = (0, 1, 2, 5, 10),
                    lags: Sequence[int] = (5, 10, 20), n: int = 24, n_permutations: int = 5,
                    modes: Sequence[str] = ("zero",), layers: str = "all", scores: Any = None,
                    heads: Any = None, seed: int = 0, confidence: float = 0.95,
-                   batch_size: int | None = None) -> AblationCurve:
+                   batch_size: int | None = None, executor: Any = None) -> AblationCurve:
     """Seed 004's grid (see the module docstring): the copying-loss increase from ablating the
     top-k heads' attention against k random heads, for each k, lag and mode.
 
@@ -207,7 +209,8 @@ def ablation_curve(model: Any, *, ks: Sequence[int] = (0, 1, 2, 5, 10),
     a scores CSV (``layer,head,score``), or a ``[n_layers, n_heads]`` array; ``heads`` instead
     gives the ranking outright. The random sets are the first k of each random permutation of
     the pool (the layer subset, ranked heads included, as the notebook draws them), so one
-    permutation's sets are nested as k grows.
+    permutation's sets are nested as k grows. ``executor`` (``circuitcheck.executors``:
+    None/"local", "ray", "ray:ADDRESS"): where the grid's rows run, cut over the workers.
     """
     import torch
 
@@ -227,6 +230,9 @@ def ablation_curve(model: Any, *, ks: Sequence[int] = (0, 1, 2, 5, 10),
     if not ks or not lags or len(set(ks)) != len(ks) or len(set(lags)) != len(lags):
         raise CircuitCheckError(f"ks and lags must be non-empty lists of distinct values, got "
                                 f"ks={list(ks)}, lags={list(lags)}")
+    ex = get_executor(executor)
+    if not ex.is_local():
+        load_spec(model)  # a model the workers cannot reload is refused before any run
     L = model.cfg.n_layers
     lo, hi = {"all": (0, L), "lower": (0, L // 2), "upper": (L // 2, L)}[layers]
     ranked, source = _ranking(model, scores, heads, n, seed)
@@ -246,11 +252,14 @@ def ablation_curve(model: Any, *, ks: Sequence[int] = (0, 1, 2, 5, 10),
     masks = torch.cat([clean, masks])
     K = len(ks)
     chosen, rand, loss0 = {}, {}, {}
+    remote = {} if ex.is_local() else attention_grid(
+        ex, model, masks, [(lag, mode) for lag in lags for mode in modes], n, seed, batch_size)
     for lag in lags:
-        enc = induction(model, n, seq_len=lag, seed=seed).encode(model)
+        enc = None if remote else induction(model, n, seq_len=lag, seed=seed).encode(model)
         for mode in modes:
-            r = run_attention_ablation(model, enc, masks, mode, batch_size=batch_size)
-            loss = -r.logprob.numpy().astype(float)  # [1 + K + P*K, N]
+            logprob = remote[(lag, mode)] if remote else run_attention_ablation(
+                model, enc, masks, mode, batch_size=batch_size).logprob.numpy()
+            loss = -logprob.astype(float)  # [1 + K + P*K, N]
             inc = loss[1:] - loss[0]
             loss0[lag] = loss[0]
             chosen[(mode, lag)] = inc[:K]

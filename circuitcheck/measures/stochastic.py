@@ -46,6 +46,7 @@ from ..interventions import Ablation, Variants, ablation_values, run_variants
 from ..stats import wilson_ci
 from ..tasks import Task
 from ._result import ResultProtocol, jsonable
+from ._distributed import round_metrics, trial_context
 from ._notebook_scores import notebook_scores
 from .metrics import get_metric
 
@@ -363,7 +364,7 @@ def stochastic_ablation(
     metric: str = "top1", reference: str | None = None, heads: Iterable[Any] | None = None,
     top: int | None = None, by: str = "importance", confidence: float = 0.95,
     min_trials: int = 256, batch_size: int | None = None, progress: Any = None,
-    calibration_trials: int = 64, trial: str = "prompt",
+    calibration_trials: int = 64, trial: str = "prompt", executor: Any = None,
 ) -> StochasticAblation:
     """Score every head by random ablation; ``trials`` is the budget per regime.
 
@@ -386,6 +387,8 @@ def stochastic_ablation(
     ``trial``: ``"prompt"`` (each mask on one prompt, prompts cycled) or ``"notebook"`` (each
     mask on every prompt, seed 000's loop; budgets round up to whole masks). The model's name
     and shape go with the raw trials (``notes["model"]``, ``save``/``load_meta``).
+    ``executor``: where the trial rounds run (``circuitcheck.executors``: None/"local", "ray",
+    "ray:ADDRESS"); the draws, statistics and stopping stay here, so results do not change.
     """
     import torch
 
@@ -405,6 +408,7 @@ def stochastic_ablation(
     if by not in ("importance", "exclusion"):
         raise CircuitCheckError(f"by must be 'importance' or 'exclusion', got {by!r}")
     seed = _settings.seed() if seed is None else seed
+    ex, ctx = trial_context(executor, model, task, ablation, reference, metric, batch_size)
     enc = task.encode(model)
     m = get_metric(metric, has_wrong=enc.wrong is not None, has_sets=enc.good is not None)
     values = ablation_values(model, enc, Ablation.parse(ablation), reference)
@@ -451,11 +455,10 @@ def stochastic_ablation(
             else:
                 masks = torch.rand(n_new, L, H, generator=gen) < p
                 prompt = torch.arange(len(metric_all), target) % enc.n
-            readout = run_variants(model, enc, Variants(masks), values, prompt_of=prompt,
-                                   batch_size=batch_size, progress=bar,
-                                   reads=m.reads or None)
+            new = round_metrics(ex, ctx, model, enc, values, m, masks, prompt,
+                                batch_size=batch_size, progress=bar)
             masks_all = np.concatenate([masks_all, masks.numpy()])
-            metric_all = np.concatenate([metric_all, m(readout)[:, 0]])
+            metric_all = np.concatenate([metric_all, new])
             prompt_all = np.concatenate([prompt_all, prompt.numpy()])
             if not decides:
                 break
@@ -476,7 +479,7 @@ def stochastic_ablation(
     return StochasticAblation(effects.get("importance"), effects.get("exclusion"), raw, m.name,
                               values.describe(), seed, trials, decision,
                               {"looks": looks, "claimed": [list(h) for h in claimed], "top": top,
-                               "trial": trial, "model": _model_meta(model),
+                               "trial": trial, "model": _model_meta(model), "executor": ex.name,
                                "ends": {"all ablated": ends[0], "full": ends[1]},
                                **({"calibration": {"regimes": calibration,
                                                    "trials": sum(len(c["probes"]) *

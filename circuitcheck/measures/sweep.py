@@ -14,10 +14,12 @@ from typing import Any
 from .. import _settings
 from ..circuit import Circuit
 from ..errors import CircuitCheckError
+from ..executors import get_executor, load_spec, new_context_id
 from ..interventions import (Ablation, Variants, ablation_values, final_logprobs,
                              run_variants)
 from ..stats import verdict  # the same rule as the assert_* helpers
 from ..tasks import Task
+from ._distributed import run_sweep_ablation
 from ._measurement import Measurement
 from ._result import ResultProtocol, jsonable
 from .circuit import _ratio_measurement, _Setup
@@ -99,18 +101,23 @@ def sweep(model: Any, task: Task, circuit: Circuit, *, claim: str = "faithfulnes
           positions: Sequence[str] = POSITIONS, normalize: str | None = None,
           reference: str | None = None, at_least: float | None = None,
           at_most: float | None = None, seed: int | None = None, confidence: float = 0.95,
-          batch_size: int | None = None) -> Sweep:
+          batch_size: int | None = None, executor: Any = None) -> Sweep:
     """Measure ``claim`` (faithfulness or necessity) under every combination.
 
     ``ablation`` defaults to zero, mean and (when the task has corrupted prompts) resample.
     ``positions``: ``"circuit"`` uses the circuit's own positions, ``"all"`` keeps (or removes)
     its heads at every position. ``normalize`` defaults to ``"ratio"``, and ``"ablated"`` for
-    the KL metric (whose full-model value is 0).
+    the KL metric (whose full-model value is 0). ``executor`` (``circuitcheck.executors``:
+    None/"local", "ray", "ray:ADDRESS"): where each ablation's batched runs go, one ablation
+    per worker; the measurements are made here from their readouts.
     """
     import torch
 
     if claim not in CLAIMS:
         raise CircuitCheckError(f"claim must be one of {list(CLAIMS)}, got {claim!r}")
+    ex = get_executor(executor)
+    if not ex.is_local():
+        load_spec(model)  # a model the workers cannot reload is refused before any run
     enc = task.encode(model)
     circuit.validate(model, task)
     if ablation is None:
@@ -136,11 +143,18 @@ def sweep(model: Any, task: Task, circuit: Circuit, *, claim: str = "faithfulnes
                                          None, tokens=enc.corrupted, lengths=enc.corrupted_lengths,
                                          batch_size=batch_size, ref_logprobs=ref)
     out: dict[tuple[str, str, str], Measurement] = {}
+    with_mlp = circuit.mlps is not None
+    remote = {}
+    if not ex.is_local():  # every ablation's runs at once, one per worker, back in order
+        ctx = {"id": new_context_id(), "task": task, "variants": variants, "ablate": ablate,
+               "reference": reference, "with_mlp": with_mlp, "batch_size": batch_size,
+               "with_ref": ref is not None}
+        remote = dict(zip(ablation, ex.map(model, run_sweep_ablation, ctx, list(ablation))))
     for abl in ablation:
-        with_mlp = circuit.mlps is not None
         values = ablation_values(model, enc, Ablation.parse(abl), reference, with_mlp=with_mlp)
-        readout = run_variants(model, enc, Variants.from_circuits(model, variants, ablate),
-                               values, batch_size=batch_size, ref_logprobs=ref)
+        readout = remote[abl] if abl in remote else run_variants(
+            model, enc, Variants.from_circuits(model, variants, ablate), values,
+            batch_size=batch_size, ref_logprobs=ref)
         for m in metrics:
             rows = m(readout)
             base = {"full": rows[len(positions)], "ablated": rows[len(positions) + 1]}

@@ -126,6 +126,13 @@ class Task:
             cache[key] = (model, _encode(self, model))
         return cache[key][1]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the per-model encoding cache (it holds the models themselves), so
+        a task travels to another process (a Ray worker) as just its prompts and answers."""
+        state = dict(self.__dict__)
+        state.pop("_encoded", None)
+        return state
+
 
 @dataclass(frozen=True, eq=False)
 class EncodedTask:
