@@ -3,8 +3,8 @@
 Registered through the ``pytest11`` entry point, so it is imported on every pytest run in the
 environment: it stays thin and never imports torch until a test asks for a model.
 
-- ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-prepend-bos``, ``--cc-seed``,
-  ``--cc-report DIR``
+- ``--cc-model``, ``--cc-device``, ``--cc-device-map``, ``--cc-dtype``, ``--cc-prepend-bos``,
+  ``--cc-seed``, ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -34,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "zoo:NAME), overriding circuitcheck_model markers")
     group.addoption("--cc-device", default="auto", metavar="DEVICE",
                     help="device for models: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
+    group.addoption("--cc-device-map", default=None, metavar="MAP",
+                    help="split each model over devices: auto, balanced, sequential or a JSON "
+                         "object {module: device} (overrides YAML device_map)")
     group.addoption("--cc-dtype", default="float32", metavar="DTYPE",
                     help="dtype for models: float32 (default), bfloat16, float16")
     group.addoption("--cc-prepend-bos", default=None, choices=("on", "off", "tokenizer"),
@@ -112,6 +115,15 @@ def _check_model_options(config: pytest.Config) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise pytest.UsageError(f"--cc-device {device!r} is not a device; use auto, cpu, "
                                 "cuda, cuda:N or mps")
+    from ._devicemap import parse_device_map
+
+    try:
+        parse_device_map(config.getoption("--cc-device-map"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--cc-device-map: {exc}") from None
+    if config.getoption("--cc-device-map") and device != "auto":
+        raise pytest.UsageError("--cc-device-map places every module itself; leave --cc-device "
+                                f"at auto (got {device!r})")
     dtype = str(config.getoption("--cc-dtype"))
     if dtype.removeprefix("torch.") not in _DTYPES:
         raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
@@ -250,7 +262,7 @@ def worker_device(config: pytest.Config, n_gpus: int | None = None) -> str:
 
 
 def _load(config: pytest.Config, name: str, revision: str | None,
-          prepend_bos: bool | None = None) -> Any:
+          prepend_bos: bool | None = None, device_map: Any = None, max_memory: Any = None) -> Any:
     """Load (once per process) or skip with one line when a hub model is not available."""
     from .errors import ModelUnavailableError
     from .models import load_model
@@ -259,9 +271,12 @@ def _load(config: pytest.Config, name: str, revision: str | None,
     option = config.getoption("--cc-prepend-bos")
     if option is not None:
         prepend_bos = {"on": True, "off": False, "tokenizer": None}[option]
+    device_map = config.getoption("--cc-device-map") or device_map
+    place = {"device": worker_device(config)} if device_map is None else {
+        "device_map": device_map, "max_memory": max_memory}
     try:
-        return load_model(name, device=worker_device(config), prepend_bos=prepend_bos,
-                          dtype=config.getoption("--cc-dtype"), revision=revision)
+        return load_model(name, prepend_bos=prepend_bos, dtype=config.getoption("--cc-dtype"),
+                          revision=revision, **place)
     except ModelUnavailableError as exc:
         pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
 
@@ -333,7 +348,8 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         from .claimfile import run_claim
 
-        model = _load(self.config, self.claim.model, self.claim.revision, self.claim.prepend_bos)
+        c = self.claim
+        model = _load(self.config, c.model, c.revision, c.prepend_bos, c.device_map, c.max_memory)
         failures = run_claim(self.claim, model)
         if failures:
             raise ClaimFailed("\n\n".join(failures))

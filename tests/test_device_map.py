@@ -84,3 +84,39 @@ def test_load_model_refuses_contradictory_placement():
         cc.load_model("zoo:planted", device="cpu", max_memory={"cpu": "1GiB"})
     with pytest.raises(ValueError, match="meta holds no weights"):
         cc.load_model("zoo:planted", device_map={"": "meta"})
+
+
+def test_yaml_device_map_is_read_and_checked_before_any_model(tmp_path):
+    from circuitcheck.claimfile import read_claim_file
+
+    head = "model: zoo:planted\ntask: {builder: induction, n: 8}\n"
+    claim = "claims:\n  - name: a\n    expect: {head_scores: {induction: {heads: ['1.1']}}}\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "device_map: {'': cpu}\nmax_memory: {cpu: 2GiB}\n" + claim)
+    (c,) = read_claim_file(good).claims
+    assert (c.device_map, c.max_memory) == ({"": "cpu"}, {"cpu": "2GiB"})
+    for text, message in [("device_map: {'': meta}\n", "bad.yaml:3: device_map[''] = 'meta'"),
+                          ("device_map: everywhere\n", "bad.yaml:3: device_map 'everywhere'"),
+                          ("max_memory: {0: 1GiB}\n", "max_memory only applies with a device_map")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(head + text + claim)
+        errors = [e[2] for e in read_claim_file(bad).errors]
+        assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_plugin_runs_a_claim_on_a_sharded_model_and_refuses_a_bad_map(pytester):
+    circuits = pytester.path / "circuits"
+    circuits.mkdir()
+    split = LAYOUTS["zoo:planted"][1]
+    (circuits / "c.yaml").write_text(
+        "model: zoo:planted\ntask: {builder: induction, n: 16, seq_len: 10, seed: 0}\n"
+        f"device_map: {split!r}\n"
+        "circuit: {groups: {prev: ['0.2'], ind: ['1.1']}}\nclaims:\n  - name: sharded\n"
+        "    expect: {faithfulness: {at_least: 0.8, ablation: mean, metric: logit_diff}}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-q")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*HELD*sharded: faithfulness*"])
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits",
+                                        "--cc-device-map", '{"": "meta"}')
+    assert bad.ret == 4  # a usage error, before anything loads
+    bad.stderr.fnmatch_lines(["*--cc-device-map: device_map[[]''[]] = 'meta'*meta holds no weights*"])
