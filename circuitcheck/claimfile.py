@@ -31,6 +31,10 @@ the fix ("did you mean ..."). Nothing here imports pytest.
 ``circuit: {file: graph.json}``, an EAP-IG graph JSON read relative to the claim file (its edges
 with ``in_graph`` true). Only kinds declared with ``edge_circuits`` (faithfulness, necessity)
 take an edge circuit; the others are refused before any model loads.
+
+``device_map:`` (``auto``, ``balanced``, ``sequential`` or ``{module: device}``) and
+``max_memory:`` (``{0: 20GiB, cpu: 64GiB}``), at the top or in a claim, shard the model over
+devices (``load_model(device_map=...)``); ``--cc-device-map`` overrides them.
 """
 from __future__ import annotations
 
