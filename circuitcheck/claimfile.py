@@ -31,6 +31,10 @@ the fix ("did you mean ..."). Nothing here imports pytest.
 ``circuit: {file: graph.json}``, an EAP-IG graph JSON read relative to the claim file (its edges
 with ``in_graph`` true). Only kinds declared with ``edge_circuits`` (faithfulness, necessity)
 take an edge circuit; the others are refused before any model loads.
+
+``device_map:`` (``auto``, ``balanced``, ``sequential`` or ``{module: device}``) and
+``max_memory:`` (``{0: 20GiB, cpu: 64GiB}``), at the top or in a claim, shard the model over
+devices (``load_model(device_map=...)``); ``--cc-device-map`` overrides them.
 """
 from __future__ import annotations
 
@@ -46,10 +50,10 @@ from .claimkinds import run as run_kind
 from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
 
-FILE_KEYS = ("model", "revision", "prepend_bos", "task", "circuit", "claims", "source",
-             "description")
-CLAIM_KEYS = ("name", "model", "revision", "prepend_bos", "task", "circuit", "expect",
-              "description", "source")
+FILE_KEYS = ("model", "revision", "prepend_bos", "device_map", "max_memory", "task", "circuit",
+             "claims", "source", "description")
+CLAIM_KEYS = ("name", "model", "revision", "prepend_bos", "device_map", "max_memory", "task",
+              "circuit", "expect", "description", "source")
 # The schema of ``expect`` comes from the claim registry (``circuitcheck.claimkinds``): one
 # declaration per kind gives its keys, their types, what is required and what it needs.
 EXPECT_KEYS = {name: kind.keys for name, kind in KINDS.items()}
@@ -170,6 +174,8 @@ class Claim:
     description: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     prepend_bos: bool | None = None  # None: the model's tokenizer convention
+    device_map: Any = None  # a sharded model: a strategy name or {module: device}
+    max_memory: Any = None  # the dispatcher's per-device budget, with a device_map
 
 
 @dataclass(frozen=True)
@@ -398,9 +404,10 @@ def read_claim_file(path: str | Path) -> ClaimFile:
                 raise ClaimFileError(f"{_where(path, node, 'prepend_bos')}: prepend_bos must be "
                                      f"true or false (leave it out to follow the model's "
                                      f"tokenizer), got {_short(bos)}")
+            placement = _placement(path, raw, data)
             good.append(Claim(name, path, line, str(model), raw.get("revision", data.get("revision")),
                               task, circuit, expect, str(raw.get("source", data.get("source", ""))),
-                              str(raw.get("description", "")), dict(raw), bos))
+                              str(raw.get("description", "")), dict(raw), bos, *placement))
         except ClaimFileError as exc:
             errors.append((str(name), line, str(exc)[:MAX_MESSAGE]))
         except Exception as exc:  # noqa: BLE001 - one bad value must not hide the other claims
@@ -410,6 +417,25 @@ def read_claim_file(path: str | Path) -> ClaimFile:
 
 
 _TASKS: dict[tuple[int, str], Any] = {}
+
+
+def _placement(path: Path, raw: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The claim's ``device_map`` / ``max_memory`` (its own, else the file's), checked
+    without torch (``circuitcheck._devicemap``); an error names the file and line."""
+    from ._devicemap import parse_device_map, parse_max_memory
+
+    out = []
+    for key, parse in (("device_map", parse_device_map), ("max_memory", parse_max_memory)):
+        node = raw if key in raw else data
+        try:
+            out.append(parse(node.get(key)))
+        except ValueError as exc:
+            raise ClaimFileError(f"{_where(path, node, key)}: {exc}") from None
+    if out[1] is not None and out[0] is None:
+        node = raw if "max_memory" in raw else data
+        raise ClaimFileError(f"{_where(path, node, 'max_memory')}: max_memory only applies "
+                             "with a device_map; add 'device_map: auto' (or a mapping)")
+    return out[0], out[1]
 
 
 def build_task(model: Any, spec: Mapping[str, Any]) -> Any:

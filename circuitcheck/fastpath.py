@@ -227,7 +227,7 @@ def _mlp_forward(padding: _Padding, inner: tuple[Any, ...], self: Any,
             or watched(*inner)):
         return original(self, x, *args, **kwargs)
     B, P, d = x.shape
-    at = rows[2]
+    at = rows[2].to(x.device)  # a sharded model's layers sit on their own devices
     y = original(self, x.reshape(B * P, d).index_select(0, at)[None], *args, **kwargs)[0]
     return y.new_zeros(B * P, y.shape[-1]).index_copy_(0, at, y).view(B, P, -1)
 

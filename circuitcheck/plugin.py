@@ -3,8 +3,8 @@
 Registered through the ``pytest11`` entry point, so it is imported on every pytest run in the
 environment: it stays thin and never imports torch until a test asks for a model.
 
-- ``--cc-model``, ``--cc-device``, ``--cc-dtype``, ``--cc-prepend-bos``, ``--cc-seed``,
-  ``--cc-executor ray[:ADDRESS]``, ``--cc-report DIR``
+- ``--cc-model``, ``--cc-device``, ``--cc-device-map``, ``--cc-dtype``, ``--cc-prepend-bos``,
+  ``--cc-seed``, ``--cc-executor ray[:ADDRESS]``, ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -21,10 +21,10 @@ import pytest
 
 from . import _claims, _settings
 from ._claimpaths import named_on_command_line, stray_claim_files
+from ._plugin_options import PREVIOUS_EXECUTOR, check_model_options, check_output_paths
 
 PROPERTY = "circuitcheck"
 _PREVIOUS_SEED = pytest.StashKey[int]()
-_PREVIOUS_EXECUTOR = pytest.StashKey[str]()
 _BASELINE = pytest.StashKey[dict]()
 
 
@@ -35,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "zoo:NAME), overriding circuitcheck_model markers")
     group.addoption("--cc-device", default="auto", metavar="DEVICE",
                     help="device for models: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
+    group.addoption("--cc-device-map", default=None, metavar="MAP",
+                    help="split each model over devices: auto, balanced, sequential or a JSON "
+                         "object {module: device} (overrides YAML device_map)")
     group.addoption("--cc-dtype", default="float32", metavar="DTYPE",
                     help="dtype for models: float32 (default), bfloat16, float16")
     group.addoption("--cc-prepend-bos", default=None, choices=("on", "off", "tokenizer"),
@@ -61,86 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "collection errors) replace an existing full report or baseline")
 
 
-def _check_output_paths(config: pytest.Config) -> None:
-    """Refuse, before anything runs, a report or baseline path that cannot be written (so no
-    run's results are lost to a path found bad at the end), and a report directory holding an
-    ``index.html`` that circuitcheck did not write."""
-    from pathlib import Path
-
-    def writable_dir(d: Path, what: str) -> None:
-        if d.exists() and not d.is_dir():
-            raise pytest.UsageError(f"{what}: {str(d)!r} exists and is not a directory")
-        probe = d
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise pytest.UsageError(f"{what}: {str(probe)!r} is a file, so {str(d)!r} cannot "
-                                    "be made a directory")
-        import os
-
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise pytest.UsageError(f"{what}: {str(probe)!r} is not writable")
-
-    report = config.getoption("--cc-report")
-    if report:
-        d = Path(report)
-        writable_dir(d, "--cc-report")
-        page = d / "index.html"
-        if page.is_file():
-            try:
-                head = page.read_text(encoding="utf-8", errors="replace")[:2000]
-            except OSError:
-                head = ""
-            if "<title>circuitcheck report</title>" not in head:
-                raise pytest.UsageError(
-                    f"--cc-report: {str(page)!r} exists and is not a circuitcheck report; "
-                    "refusing to overwrite it - choose an empty or new directory")
-    for option in ("--cc-save-baseline",):
-        value = config.getoption(option)
-        if value:
-            f = Path(value)
-            if f.is_dir():
-                raise pytest.UsageError(f"{option}: {str(f)!r} is a directory; give a file "
-                                        "name such as baseline.json")
-            writable_dir(f.parent, option)
-
-
-_DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
-
-
-def _check_model_options(config: pytest.Config) -> None:
-    """``--cc-device`` / ``--cc-dtype`` / ``--cc-executor`` / ``--cc-tolerance`` checked up
-    front (without torch); ``--cc-executor`` becomes what ``executor=None`` means."""
-    import math
-    import re
-
-    device = str(config.getoption("--cc-device"))
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise pytest.UsageError(f"--cc-device {device!r} is not a device; use auto, cpu, "
-                                "cuda, cuda:N or mps")
-    dtype = str(config.getoption("--cc-dtype"))
-    if dtype.removeprefix("torch.") not in _DTYPES:
-        raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
-                                "float32, bfloat16, float16 (or float64)")
-    from . import executors
-    from .errors import CircuitCheckError
-
-    try:  # torch- and Ray-free: only whether the name is one and Ray is installed
-        config.stash[_PREVIOUS_EXECUTOR] = executors.default()
-        executors.set_default(config.getoption("--cc-executor"))
-    except CircuitCheckError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    tol = config.getoption("--cc-tolerance")
-    if tol is not None and not (math.isfinite(tol) and tol >= 0):
-        raise pytest.UsageError(f"--cc-tolerance must be a finite number >= 0, got {tol}: "
-                                "with nan or inf any drift would pass")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "circuitcheck: a declarative claim from a circuits/ file")
-    _check_model_options(config)
+    check_model_options(config)
     if not hasattr(config, "workerinput"):
-        _check_output_paths(config)
+        check_output_paths(config)
     config.addinivalue_line(
         "markers", "circuitcheck_model(name, revision=None, prepend_bos=None): the model the cc_model fixture "
         "loads for this test (hub id, local directory, or zoo:NAME)")
@@ -167,10 +95,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
-    if _PREVIOUS_EXECUTOR in config.stash:
+    if PREVIOUS_EXECUTOR in config.stash:
         from . import executors
 
-        executors.set_default(config.stash[_PREVIOUS_EXECUTOR])
+        executors.set_default(config.stash[PREVIOUS_EXECUTOR])
     _claims.set_drift_check(None)
 
 
@@ -268,7 +196,7 @@ def worker_device(config: pytest.Config, n_gpus: int | None = None) -> str:
 
 
 def _load(config: pytest.Config, name: str, revision: str | None,
-          prepend_bos: bool | None = None) -> Any:
+          prepend_bos: bool | None = None, device_map: Any = None, max_memory: Any = None) -> Any:
     """Load (once per process) or skip with one line when a hub model is not available."""
     from .errors import ModelUnavailableError
     from .models import load_model
@@ -277,9 +205,12 @@ def _load(config: pytest.Config, name: str, revision: str | None,
     option = config.getoption("--cc-prepend-bos")
     if option is not None:
         prepend_bos = {"on": True, "off": False, "tokenizer": None}[option]
+    device_map = config.getoption("--cc-device-map") or device_map
+    place = {"device": worker_device(config)} if device_map is None else {
+        "device_map": device_map, "max_memory": max_memory}
     try:
-        return load_model(name, device=worker_device(config), prepend_bos=prepend_bos,
-                          dtype=config.getoption("--cc-dtype"), revision=revision)
+        return load_model(name, prepend_bos=prepend_bos, dtype=config.getoption("--cc-dtype"),
+                          revision=revision, **place)
     except ModelUnavailableError as exc:
         pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
 
@@ -351,7 +282,8 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         from .claimfile import run_claim
 
-        model = _load(self.config, self.claim.model, self.claim.revision, self.claim.prepend_bos)
+        c = self.claim
+        model = _load(self.config, c.model, c.revision, c.prepend_bos, c.device_map, c.max_memory)
         failures = run_claim(self.claim, model)
         if failures:
             raise ClaimFailed("\n\n".join(failures))

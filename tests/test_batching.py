@@ -40,3 +40,48 @@ def test_shorter_rows_fill_the_same_memory() -> None:
     sizes = [(len(b), int(lens[b].max())) for b in length_batches(lens, 10)]
     assert sizes == [(10, 20), (20, 10), (20, 10)]
     assert [len(b) for b in length_batches(lens, 10, fixed_rows=True)] == [10, 10, 10, 10, 10]
+
+
+def _fake_model(device: str, dtype: torch.dtype = torch.bfloat16, device_map=None):
+    """A model as the planner sees it: only ``cfg`` (and a device map for a sharded one)."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(d_model=64, d_mlp=256, n_heads=4, d_vocab=1000, dtype=dtype,
+                          device=device)
+    return SimpleNamespace(cfg=cfg, cc_device_map=device_map)
+
+
+def test_gpu_batches_come_from_free_device_memory(monkeypatch) -> None:
+    from circuitcheck.interventions import _batching as b
+
+    free = {0: 4 * 10**9, 1: 100 * 10**6}
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device.index)
+        return free[device.index or 0], 80 * 10**9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    # by hand, bf16 (2 bytes), 10 tokens: 10*(8*64 + 2*256 + 3*4*10)*2 + 1000*(2+4 float32 logits)
+    per_row = 10 * (8 * 64 + 2 * 256 + 3 * 4 * 10) * 2 + 1000 * 6
+    assert b.bytes_per_row(_fake_model("cuda:1").cfg, 10) == per_row == 28880
+    assert b.rows_per_batch(_fake_model("cuda:1"), 10) == int(100e6 * 0.6) // per_row == 2077
+    assert b.rows_per_batch(_fake_model("cuda:0"), 10) == b.MAX_ROWS  # 2.4 GB: capped
+    # a sharded model: the fullest of its GPUs decides (disk holds no activations)
+    sharded = _fake_model("cuda:0", device_map={"model.embed_tokens": 0, "model.layers.0": 0,
+                                                "model.layers.1": 1, "lm_head": "disk"})
+    asked.clear()
+    assert b.rows_per_batch(sharded, 10) == 2077 and sorted(asked) == [0, 1]
+    assert b.rows_per_batch(_fake_model("cuda:0"), 10, extra_per_row=10**6) == \
+        int(4e9 * 0.6) // (per_row + 10**6)
+
+
+def test_cpu_batches_keep_the_cpu_budget(monkeypatch) -> None:
+    from circuitcheck.interventions import _batching as b
+
+    def no_gpu(device):
+        raise AssertionError("a CPU model must not ask CUDA for memory")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_gpu)
+    model = _fake_model("cpu", torch.float32)
+    per_row = 10 * (8 * 64 + 2 * 256 + 3 * 4 * 10) * 4 + 1000 * 8
+    assert b.rows_per_batch(model, 10) == b.CPU_BUDGET // per_row == 2496
+    assert b.rows_per_batch(_fake_model("cpu", device_map={"": "cpu"}), 10) > 0

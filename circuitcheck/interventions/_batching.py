@@ -23,21 +23,51 @@ def rows_per_batch(model: Any, seq_len: int, extra_per_row: int = 0) -> int:
     """Rows per forward pass, from the device's free memory and the model's width.
 
     Inference keeps roughly one layer's activations alive at a time: the residual stream,
-    q/k/v, the attention scores and the MLP hidden layer, plus our per-row ablation values.
+    q/k/v, the attention scores and the MLP hidden layer in the model's dtype, plus the
+    last-token logits in float32 (metrics read them upcast) and our per-row ablation values.
+    On CUDA the budget is 60% of the free memory (``torch.cuda.mem_get_info``) of the
+    fullest device the model uses (a sharded model holds a layer's activations on each);
+    on a CPU it is :data:`CPU_BUDGET`.
     """
+    cfg = model.cfg
+    return rows_for_budget(batch_budget(model_devices(model)), bytes_per_row(cfg, seq_len,
+                                                                                extra_per_row))
+
+
+def bytes_per_row(cfg: Any, seq_len: int, extra_per_row: int = 0) -> int:
+    """Activation bytes one row of ``seq_len`` tokens keeps alive in a forward pass."""
     import torch
 
-    cfg = model.cfg
     d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-    elem = torch.finfo(cfg.dtype).bits // 8 if hasattr(cfg, "dtype") and cfg.dtype.is_floating_point else 4
+    dtype = getattr(cfg, "dtype", None)
+    elem = torch.finfo(dtype).bits // 8 if isinstance(dtype, torch.dtype) and \
+        dtype.is_floating_point else 4
     per_row = seq_len * (8 * cfg.d_model + 2 * d_mlp + 3 * cfg.n_heads * seq_len) * elem
-    per_row += cfg.d_vocab * elem * 2 + extra_per_row
-    device = torch.device(str(getattr(cfg, "device", "cpu")))
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * 0.6)
-    else:
-        budget = CPU_BUDGET
+    return per_row + cfg.d_vocab * (elem + 4) + extra_per_row
+
+
+def model_devices(model: Any) -> list[str]:
+    """The devices a model's modules live on: its device map's (a sharded model), else
+    ``cfg.device``. GPU indices are written ``cuda:N``; ``disk`` is left out."""
+    placed = getattr(model, "__dict__", {}).get("cc_device_map") or {}
+    devices = {f"cuda:{v}" if isinstance(v, int) else str(v) for v in placed.values()}
+    devices.discard("disk")
+    return sorted(devices) or [str(getattr(model.cfg, "device", None) or "cpu")]
+
+
+def batch_budget(devices: list[str]) -> int:
+    """Bytes one batch's activations may take: 60% of the least free memory over the CUDA
+    devices among ``devices``; :data:`CPU_BUDGET` when there are none (CPU, MPS)."""
+    import torch
+
+    cuda = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
+    if not cuda:
+        return CPU_BUDGET
+    return int(min(torch.cuda.mem_get_info(d)[0] for d in cuda) * 0.6)
+
+
+def rows_for_budget(budget: int, per_row: int) -> int:
+    """Rows of ``per_row`` bytes that fit ``budget``: at least 1, at most :data:`MAX_ROWS`."""
     return int(max(1, min(MAX_ROWS, budget // max(per_row, 1))))
 
 

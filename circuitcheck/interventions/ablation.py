@@ -381,7 +381,7 @@ def selected_logits(model: Any, resid: "torch.Tensor", ids: "torch.Tensor") -> "
     norm): the unembedding's rows for those tokens only, [B, k] float32."""
     unembed = model.unembed.original_component
     w = unembed.weight[ids.to(unembed.weight.device)]  # [B, k, d]
-    out = (resid.float()[:, None, :] * w.float()).sum(-1)
+    out = (resid.to(w.device).float()[:, None, :] * w.float()).sum(-1)
     if unembed.bias is not None:
         out = out + unembed.bias[ids.to(unembed.bias.device)].float()
     return out
@@ -403,6 +403,7 @@ def streamed_readout(model: Any, resid: "torch.Tensor", ids: "torch.Tensor"
 
     unembed = model.unembed.original_component
     w, b = unembed.weight, unembed.bias
+    resid = resid.to(w.device)  # the final residual may sit on another device (a device map)
     B = resid.shape[0]
     best = torch.full((B,), -torch.inf, device=resid.device)
     arg = torch.zeros(B, dtype=torch.long, device=resid.device)
@@ -434,8 +435,9 @@ def answer_logits_exact(model: Any) -> bool:
     if known is not None:
         return known
     unembed = getattr(getattr(model, "unembed", None), "original_component", None)
-    ok = (isinstance(unembed, torch.nn.Linear)
-          and unembed.weight.dtype in (torch.float32, torch.float64))
+    ok = (isinstance(unembed, torch.nn.Linear)  # offloaded (meta) weights: read full logits
+          and unembed.weight.dtype in (torch.float32, torch.float64)
+          and unembed.weight.device.type != "meta")
     if ok:
         V = model.cfg.d_vocab
         ids = torch.tensor([[int(i * 7919) % V for i in range(1, 9)]])
@@ -554,7 +556,7 @@ def _layer_hook(name: str, keep: "torch.Tensor", table: "torch.Tensor | None",
 
 def _zero_hook(keep: "torch.Tensor"):
     def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
-        return x * keep.to(x.dtype)
+        return x * keep.to(x.device, x.dtype)  # x: on its layer's device (a device map)
     return hook
 
 
@@ -562,7 +564,7 @@ def _layer_mean_hook(keep: "torch.Tensor"):
     def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
         import torch
 
-        return torch.where(keep, x, x.mean(2, keepdim=True).expand_as(x))
+        return torch.where(keep.to(x.device), x, x.mean(2, keepdim=True).expand_as(x))
     return hook
 
 
@@ -570,5 +572,5 @@ def _replace_hook(keep: "torch.Tensor", table: "torch.Tensor", rows: "torch.Tens
     def hook(x: "torch.Tensor", hook: Any) -> "torch.Tensor":
         import torch
 
-        return torch.where(keep, x, table[rows, :P].to(x.dtype))
+        return torch.where(keep.to(x.device), x, table[rows, :P].to(x.device, x.dtype))
     return hook

@@ -76,10 +76,10 @@ def ablation_hooks(chunk: Chunk, head_mask: "torch.Tensor", mode: str,
 
         if mode == "zero":
             def scores(x: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
-                return x.masked_fill(mask, float("-inf"))
+                return x.masked_fill(mask.to(x.device), float("-inf"))
 
             def pattern(x: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
-                return x.masked_fill(mask, 0.0)  # defined as zero where the softmax had no mass
+                return x.masked_fill(mask.to(x.device), 0.0)  # defined as zero where the softmax had no mass
 
             hooks += [(f"blocks.{layer}.attn.hook_attn_scores", scores),
                       (f"blocks.{layer}.attn.hook_pattern", pattern)]
@@ -89,7 +89,7 @@ def ablation_hooks(chunk: Chunk, head_mask: "torch.Tensor", mode: str,
                 row = torch.where(seen, x, torch.zeros((), dtype=x.dtype, device=x.device))
                 row = row.sum(-1, keepdim=True) / seen.sum(-1, keepdim=True).clamp(min=1)
                 flat = torch.where(seen, row.expand_as(x), x)  # masked keys stay -inf
-                return torch.where(mask, flat, x)
+                return torch.where(mask.to(x.device), flat, x)
 
             hooks.append((f"blocks.{layer}.attn.hook_attn_scores", scores))
         else:
@@ -97,7 +97,7 @@ def ablation_hooks(chunk: Chunk, head_mask: "torch.Tensor", mode: str,
 
             def scores(x: torch.Tensor, hook: Any, mask: torch.Tensor = mask,
                        mean: torch.Tensor = mean) -> torch.Tensor:
-                return torch.where(mask, mean[None].to(x.dtype), x)
+                return torch.where(mask.to(x.device), mean[None].to(x.device, x.dtype), x)
 
             hooks.append((f"blocks.{layer}.attn.hook_attn_scores", scores))
     return hooks

@@ -212,8 +212,8 @@ def _sender_outputs(model: Any, toks: "torch.Tensor", lens: "torch.Tensor"
             if out[block] is None:
                 out[block] = x.new_zeros(N, P_all, width, model.cfg.d_model)
             val = x[:, :, None] if x.dim() == 3 else torch.einsum(
-                "bphe,hed->bphd", x, W_O[block - 1].to(x.dtype))
-            out[block][at, :P, lo:lo + val.shape[2]] = val
+                "bphe,hed->bphd", x, W_O[block - 1].to(x.device, x.dtype))
+            out[block][at.to(out[block].device), :P, lo:lo + val.shape[2]] = val.to(out[block].device)
         return hook
 
     with torch.inference_mode():
@@ -327,11 +327,11 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
 
         def hook(x: torch.Tensor, hook: Any) -> None:
             cur = x[:, :, None] if W_O is None else torch.einsum("bphe,hed->bphd", x,
-                                                                 W_O.to(x.dtype))
+                                                                 W_O.to(x.device, x.dtype))
             if "d" not in buf:
                 buf["d"] = cur.new_zeros(cur.shape[0], cur.shape[1], S, cur.shape[-1])
-            delta = -cur if r is None else r.to(cur.dtype) - cur
-            buf["d"][:, :, start:start + cur.shape[2]] = delta
+            delta = -cur if r is None else r.to(cur.device, cur.dtype) - cur
+            buf["d"][:, :, start:start + cur.shape[2]] = delta.to(buf["d"].device)
         return hook
 
     def receiver(recv: slice, send: int, heads: bool):
@@ -342,8 +342,8 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
             mask = mask[..., 0]
 
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            d = buf["d"][:, :, :send].to(x.dtype)
-            m = mask.to(x.dtype)
+            d = buf["d"][:, :, :send].to(x.device, x.dtype)  # layers may sit on other devices
+            m = mask.to(x.device, x.dtype)
             if heads:
                 spec = "bpsd,bpsh->bphd" if m.dim() == 4 else "bpsd,bsh->bphd"
             else:

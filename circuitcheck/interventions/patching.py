@@ -336,7 +336,7 @@ def patch_hook(component: str, source: "torch.Tensor", head_mask: "torch.Tensor"
     mask = mask.to(chunk.device)
 
     def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        return torch.where(mask, src.to(x.dtype), x)
+        return torch.where(mask.to(x.device), src.to(x.device, x.dtype), x)
     return hook
 
 

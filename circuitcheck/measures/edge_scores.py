@@ -389,7 +389,7 @@ def _grad_pass(model: Any, enc: EncodedTask, rows: "torch.Tensor", P: int, metri
         if capture:
             sent[0] = x[:, :, None]
         if alpha != 1.0:
-            base = torch.zeros_like(x) if ref_in is None else ref_in.to(x.dtype)
+            base = torch.zeros_like(x) if ref_in is None else ref_in.to(x.device, x.dtype)
             x = base + alpha * (x - base)
         return x.clone().requires_grad_(True)  # the graph's root (weights may not need grad)
 
@@ -404,7 +404,7 @@ def _grad_pass(model: Any, enc: EncodedTask, rows: "torch.Tensor", P: int, metri
         def hook(x: torch.Tensor, hook: Any) -> None:
             x = x.detach()
             sent[slot] = x[:, :, None] if W_O is None else torch.einsum(
-                "bphe,hed->bphd", x, W_O.detach().to(x.dtype))
+                "bphe,hed->bphd", x, W_O.detach().to(x.device, x.dtype))
         return hook
 
     hooks: list = [("blocks.0.hook_resid_pre", embed)]

@@ -157,14 +157,15 @@ def _path_rows(model: Any, s: _Setup, senders: "torch.Tensor", receivers: tuple[
             zc = clean_acts[z[layer]][chunk.prompts.to(dev), :chunk.P]
             zk = corr_acts[z[layer]][chunk.prompts.to(dev), :chunk.P]
             frozen = torch.where(m, zk, zc)
-            out.append((z[layer], lambda x, hook, v=frozen: v.to(x.dtype)))
+            out.append((z[layer], lambda x, hook, v=frozen: v.to(x.device, x.dtype)))
             if freeze_mlps:
                 mc = clean_acts[mlp[layer]][chunk.prompts.to(dev), :chunk.P]
-                out.append((mlp[layer], lambda x, hook, v=mc: v.to(x.dtype)))
+                out.append((mlp[layer], lambda x, hook, v=mc: v.to(x.device, x.dtype)))
         for layer in recv_layers if not final else ():
             def capture(x: torch.Tensor, hook: Any, layer: int = layer,
                         rows: torch.Tensor = chunk.rows) -> None:
-                captured[layer][rows.to(x.device), :x.shape[1]] = x[:, :, units_at[layer]]
+                into = captured[layer]  # x sits on its layer's device; the store may not
+                into[rows.to(into.device), :x.shape[1]] = x[:, :, units_at[layer]].to(into.device)
             out.append((cap[layer], capture))
         return out
 
@@ -212,7 +213,7 @@ def _receive(model: Any, s: _Setup, receiver_input: str, positions: Sequence[str
             def patch(x: torch.Tensor, hook: Any, new: torch.Tensor = new,
                       idx: list[int] = idx) -> torch.Tensor:
                 x = x.clone()
-                x[:, :, idx] = torch.where(pm, new.to(x.dtype), x[:, :, idx])
+                x[:, :, idx] = torch.where(pm.to(x.device), new.to(x.device, x.dtype), x[:, :, idx])
                 return x
             out.append((hook_name(receiver_input, layer), patch))
         return out
@@ -260,7 +261,7 @@ def _grouped_hooks(model: Any, receiver_input: str, chunk: Chunk, recv_layers: l
                 v, pat = seen["v"], seen["pattern"]
                 for h in heads_at[layer]:
                     g = h // group
-                    dv = (new[:, :, col[g]].to(v.dtype) - v[:, :, g]) * pm[:, :, None]
+                    dv = (new[:, :, col[g]].to(v.device, v.dtype) - v[:, :, g]) * pm[:, :, None].to(v.device)
                     x[:, :, h] = x[:, :, h] + torch.einsum("bqk,bkd->bqd", pat[:, h].to(v.dtype),
                                                            dv).to(x.dtype)
                 return x
@@ -280,9 +281,9 @@ def _grouped_hooks(model: Any, receiver_input: str, chunk: Chunk, recv_layers: l
                 q, k = seen["q"].float(), seen["k"].float()
                 for h in heads_at[layer]:
                     g = h // group
-                    dk = (new[:, :, col[g]].float() - k[:, :, g]) * pm[:, :, None]
+                    dk = (new[:, :, col[g]].to(k.device).float() - k[:, :, g]) * pm[:, :, None].to(k.device)
                     ds = torch.einsum("bqd,bkd->bqk", q[:, :, h], dk) * scaling
-                    x[:, h] = x[:, h] + torch.where(causal, ds, 0).to(x.dtype)
+                    x[:, h] = x[:, h] + torch.where(causal.to(ds.device), ds, 0).to(x.device, x.dtype)
                 return x
             out += [(qname, keep("q")), (cap[layer], keep("k")),
                     (f"blocks.{layer}.attn.hook_attn_scores", fix_scores)]

@@ -1,0 +1,122 @@
+"""Sharded (device-mapped) models give the claim values of the unsharded model.
+
+With no GPU here, the mechanics are tested through accelerate's dispatch on the CPU: a map
+that puts one layer on ``disk`` makes accelerate keep that layer's weights as ``meta``
+placeholders and move them in around each call (the same ``AlignDevicesHook`` that moves
+activations between GPUs), so every measurement runs through the hooks a multi-GPU split
+uses. A map of modules all on ``cpu`` goes through the same ``device_map`` path without
+dispatch. ``meta`` is refused before loading: it holds no weights.
+"""
+from __future__ import annotations
+
+import pytest
+
+from circuitcheck._devicemap import parse_device_map, parse_max_memory
+
+#: Per zoo layout: its circuit, and a map splitting it with its last layer offloaded.
+LAYOUTS = {
+    "zoo:planted": ({"previous token": ["0.2"], "induction": ["1.1"]}, {
+        "transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu",
+        "transformer.h.1": "disk", "transformer.ln_f": "cpu", "lm_head": "cpu"}),
+    "zoo:induction-2l": ({"previous token": ["0.1"], "induction": ["1.2"]}, {
+        "model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+        "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}),
+}
+
+
+def _claims(model, circuit):
+    """A faithfulness, a patching recovery, a patching grid and a head score, as numbers."""
+    import circuitcheck as cc
+    from circuitcheck.measures.activation_patching import patching_recovery
+
+    task = cc.tasks.induction(model, n=16, seq_len=10, seed=0)
+    heads = [h for hs in circuit.values() for h in hs]
+    f = cc.faithfulness(model, task, cc.Circuit(circuit), ablation="mean", metric="logit_diff")
+    p = patching_recovery(model, task, heads)
+    g = cc.patch_heads(model, task)
+    s = cc.head_scores(model, "induction", n=8, seq_len=8)
+    return [f.value, *f.ci, p.value, *p.ci, *g.values.ravel(), *s.values.ravel()]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_device_mapped_model_gives_the_unsharded_values(name, tmp_path_factory):
+    import numpy as np
+
+    import circuitcheck as cc
+
+    circuit, split = LAYOUTS[name]
+    plain = _claims(cc.load_model(name, device="cpu"), circuit)
+    on_cpu = cc.load_model(name, device_map={"": "cpu"})
+    assert _claims(on_cpu, circuit) == pytest.approx(plain, abs=1e-6)
+    sharded = cc.load_model(name, device_map=split)
+    # really dispatched: accelerate's map, a layer's weights held as meta placeholders
+    assert sharded.cc_device_map == split and sharded.cfg.n_devices == 2
+    assert any(p.device.type == "meta" for p in sharded.original_model.parameters())
+    assert sharded.cc_processing.startswith("unprocessed")  # the Bridge cannot fold offloaded
+    # folded (plain) and unprocessed weights compute the same function up to float rounding
+    np.testing.assert_allclose(_claims(sharded, circuit), plain, atol=2e-4)
+    assert cc.load_model(name, device_map=split) is sharded  # cached on the map
+
+
+def test_device_map_inputs_are_checked_with_the_fix():
+    assert parse_device_map("auto") == "auto" and parse_device_map(None) is None
+    assert parse_device_map('{"model.layers.0": 0, "lm_head": "CPU"}') == {
+        "model.layers.0": 0, "lm_head": "cpu"}
+    with pytest.raises(ValueError, match="meta holds no weights"):
+        parse_device_map({"": "meta"})
+    with pytest.raises(ValueError, match="use one of auto, balanced"):
+        parse_device_map("everywhere")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_device_map("{model: 0}")
+    with pytest.raises(ValueError, match=r"device_map\['x'\] = 'gpu' is not a device"):
+        parse_device_map({"x": "gpu"})
+    assert parse_max_memory('{"0": "20GiB", "cpu": 1000}') == {0: "20GiB", "cpu": 1000}
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_max_memory({0: "lots"})
+
+
+def test_load_model_refuses_contradictory_placement():
+    import circuitcheck as cc
+
+    with pytest.raises(ValueError, match="pass one"):
+        cc.load_model("zoo:planted", device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="only applies with a device_map"):
+        cc.load_model("zoo:planted", device="cpu", max_memory={"cpu": "1GiB"})
+    with pytest.raises(ValueError, match="meta holds no weights"):
+        cc.load_model("zoo:planted", device_map={"": "meta"})
+
+
+def test_yaml_device_map_is_read_and_checked_before_any_model(tmp_path):
+    from circuitcheck.claimfile import read_claim_file
+
+    head = "model: zoo:planted\ntask: {builder: induction, n: 8}\n"
+    claim = "claims:\n  - name: a\n    expect: {head_scores: {induction: {heads: ['1.1']}}}\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "device_map: {'': cpu}\nmax_memory: {cpu: 2GiB}\n" + claim)
+    (c,) = read_claim_file(good).claims
+    assert (c.device_map, c.max_memory) == ({"": "cpu"}, {"cpu": "2GiB"})
+    for text, message in [("device_map: {'': meta}\n", "bad.yaml:3: device_map[''] = 'meta'"),
+                          ("device_map: everywhere\n", "bad.yaml:3: device_map 'everywhere'"),
+                          ("max_memory: {0: 1GiB}\n", "max_memory only applies with a device_map")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(head + text + claim)
+        errors = [e[2] for e in read_claim_file(bad).errors]
+        assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_plugin_runs_a_claim_on_a_sharded_model_and_refuses_a_bad_map(pytester):
+    circuits = pytester.path / "circuits"
+    circuits.mkdir()
+    split = LAYOUTS["zoo:planted"][1]
+    (circuits / "c.yaml").write_text(
+        "model: zoo:planted\ntask: {builder: induction, n: 16, seq_len: 10, seed: 0}\n"
+        f"device_map: {split!r}\n"
+        "circuit: {groups: {prev: ['0.2'], ind: ['1.1']}}\nclaims:\n  - name: sharded\n"
+        "    expect: {faithfulness: {at_least: 0.8, ablation: mean, metric: logit_diff}}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-q")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*HELD*sharded: faithfulness*"])
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits",
+                                        "--cc-device-map", '{"": "meta"}')
+    assert bad.ret == 4  # a usage error, before anything loads
+    bad.stderr.fnmatch_lines(["*--cc-device-map: device_map[[]''[]] = 'meta'*meta holds no weights*"])
