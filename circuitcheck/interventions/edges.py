@@ -341,14 +341,16 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
         if not heads:
             mask = mask[..., 0]
 
+        # as [B, 1 or P, r, S] matrices that multiply each (row, position)'s [S, d] block of
+        # the buffer in place: a matmul over a view, where an einsum copied the buffer
+        if heads:
+            m = mask.transpose(-1, -2) if mask.dim() == 4 else mask.transpose(1, 2)[:, None]
+        else:
+            m = mask[..., None, :] if mask.dim() == 3 else mask[:, None, None, :]
+
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            d = buf["d"][:, :, :send].to(x.dtype)
-            m = mask.to(x.dtype)
-            if heads:
-                spec = "bpsd,bpsh->bphd" if m.dim() == 4 else "bpsd,bsh->bphd"
-            else:
-                spec = "bpsd,bps->bpd" if m.dim() == 3 else "bpsd,bs->bpd"
-            return x + torch.einsum(spec, d, m)
+            add = torch.matmul(m.to(x.dtype), buf["d"][:, :, :send].to(x.dtype))
+            return x + (add if heads else add[:, :, 0])
         return hook
 
     hooks: list = [("blocks.0.hook_resid_pre", sender(0, 0, 0, 1))]
