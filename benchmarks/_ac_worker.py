@@ -139,12 +139,9 @@ def main(src: str, dst: str) -> None:
 
     ps, t_eap = timed(eap, job["repeats"])
     eap_scores = {name: float(e.prune_score(ps)) for name, e in edges.items()}
-    import auto_circuit
-    import transformer_lens
+    from importlib.metadata import version
 
-    versions = {"auto_circuit": getattr(auto_circuit, "__version__", "1.0.1"),
-                "transformer_lens": transformer_lens.__version__ if hasattr(
-                    transformer_lens, "__version__") else "?", "torch": torch.__version__}
+    versions = {k: version(k) for k in ("auto-circuit", "transformer-lens", "torch")}
     with open(dst, "w") as f:
         json.dump({"curve_s": t_curve, "eap_s": t_eap, "diffs": diffs, "eap": eap_scores,
                    "rate": matmul_rate(), "n_edges": len(edges), "versions": versions}, f)

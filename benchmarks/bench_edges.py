@@ -1,6 +1,6 @@
 """Edge patching and EAP scores: circuitcheck vs AutoCircuit vs a plain loop (issue 18, item 7).
 
-    python benchmarks/bench_edges.py [--device cpu] [--layers 4] [--prompts 16] [--no-smollm2]
+    python benchmarks/bench_edges.py [--device cpu] [--layers 4] [--prompts 16] [--parts gpt2,smollm2]
 
 One faithfulness curve's worth of edge circuits (the top-n edges of one ranking at several
 sizes, every other edge resample-patched from the corrupted prompts), on the same model and
@@ -191,7 +191,7 @@ def gpt2_part(args: argparse.Namespace) -> None:
           f"{model.cfg.d_vocab}; {E} edges; {enc.n} prompts of {args.seq_len} tokens; "
           f"{K} circuits (top {', '.join(map(str, counts))} edges), resample patching; "
           f"medians of {args.repeats}"
-          + (f"; AutoCircuit {ac['versions']}" if ac else "") + "\n")
+          + ("; " + ", ".join(f"{k} {v}" for k, v in ac["versions"].items()) if ac else "") + "\n")
     print("| measurement | plain loop | AutoCircuit | circuitcheck | cc vs AutoCircuit | "
           "cc vs plain | share of FLOP limit |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -263,12 +263,15 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--smol-prompts", type=int, default=4)
-    ap.add_argument("--no-smollm2", action="store_true")
+    ap.add_argument("--parts", default="gpt2,smollm2",
+                    help="comma list: gpt2 (the three tools), smollm2 (cc vs the plain loop)")
     ap.add_argument("--no-ac", action="store_true")
     ap.add_argument("--ac-venv", default="/work/ac-venv")
     args = ap.parse_args()
-    gpt2_part(args)
-    if not args.no_smollm2:
+    parts = set(args.parts.split(","))
+    if "gpt2" in parts:
+        gpt2_part(args)
+    if "smollm2" in parts:
         smollm2_part(args)
 
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_stochastic.py", "bench_patching.py", "bench_faithfulness.py", "bench_depth.py"]
+BENCHES = ["bench_stochastic.py", "bench_patching.py", "bench_faithfulness.py", "bench_depth.py",
+           "bench_edges.py"]
 
 
 def main() -> int:

@@ -105,13 +105,14 @@ def _align_groups(model: Any, var: EdgeVariants, v: int, circuit: EdgeCircuit) -
     L, H = model.cfg.n_layers, model.cfg.n_heads
     group = kv_groups(model)
     names = sender_names(L, H)
+    upto = _reads_upto_all(L, H)
     sel = var.sel_all[v] | (var.sel_at[v].any(-1) if var.sel_at is not None else False)
     for layer in range(L):
         for x in ("k", "v"):
             for g in range(H // group):
                 heads = range(g * group, (g + 1) * group)
                 rows = [receiver_index(f"a{layer}.h{h}", x, H, L) for h in heads]
-                live = [h for h, r in zip(heads, rows) if _reaches(model, var, v, layer, h)]
+                live = [h for h, r in zip(heads, rows) if _reaches(model, var, v, layer, h, upto)]
                 if not live:
                     continue
                 r0 = receiver_index(f"a{layer}.h{live[0]}", x, H, L)
@@ -135,18 +136,28 @@ def _align_groups(model: Any, var: EdgeVariants, v: int, circuit: EdgeCircuit) -
                         var.sel_at[v, r] = var.sel_at[v, r0]
 
 
-def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int) -> bool:
+def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int,
+             upto: "torch.Tensor | None" = None) -> bool:
     """Whether head (layer, head)'s own output reaches some receiver in variant v (a kept
-    out-edge at some position); if not, its inputs change nothing."""
+    out-edge at some position); if not, its inputs change nothing. ``upto``: each
+    receiver's ``reads_upto`` (computed here when not given)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     s = sender_index(f"a{layer}.h{head}", H)
-    R = n_receivers(L, H)
-    readers = [r for r in range(R) if s < reads_upto(r, L, H)]
+    if upto is None:
+        upto = _reads_upto_all(L, H)
+    readers = (upto > s).nonzero()[:, 0]
     everywhere = var.sel_all[v, readers, s]
     if bool(var.invert[v]):  # kept unless selected: dead only if patched everywhere
         return not bool(everywhere.all())
     somewhere = everywhere if var.sel_at is None else everywhere | var.sel_at[v, readers, s].any(-1)
     return bool(somewhere.any())
+
+
+def _reads_upto_all(L: int, H: int) -> "torch.Tensor":
+    """``reads_upto`` of every receiver, [R] (one Python pass, not one per head asked)."""
+    import torch
+
+    return torch.tensor([reads_upto(r, L, H) for r in range(n_receivers(L, H))])
 
 
 @dataclass(frozen=True, eq=False)
