@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_stochastic.py", "bench_patching.py", "bench_faithfulness.py", "bench_depth.py",
-           "bench_executor.py"]
+           "bench_executor.py", "bench_edges.py"]
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..edge_circuit import (EdgeCircuit, n_receivers, n_senders, reads_upto, receiver_index,
-                            sender_index, sender_names)
+                            receiver_names, sender_index, sender_names)
 from ..errors import CircuitCheckError, CircuitError
 from ..tasks import EncodedTask
 from ._batching import length_batches, rows_per_batch
@@ -80,13 +80,28 @@ class EdgeVariants:
         V = len(circuits)
         sel_all = torch.zeros(V, R, S, dtype=torch.bool)
         sel_at = torch.zeros(V, R, S, max(1, len(pos_names)), dtype=torch.bool)
+        # indices by dict lookup and one scatter per circuit: a real model's circuits have
+        # 10^4-10^5 edges, and a parse plus an indexed write per edge took seconds
+        s_of = {n: i for i, n in enumerate(sender_names(L, H))}
+        r_of = {k: i for i, k in enumerate(receiver_names(L, H))}
         for v, c in enumerate(circuits):
+            every: list[list[int]] = [[], []]
+            at: list[list[int]] = [[], [], []]
             for e in c.edges:
-                s, r = sender_index(e.sender, H), receiver_index(e.receiver, e.qkv, H, L)
+                s = s_of.get(e.sender)
+                r = r_of.get((e.receiver, e.qkv))
+                if s is None or r is None:
+                    s, r = sender_index(e.sender, H), receiver_index(e.receiver, e.qkv, H, L)
                 if e.position is None:
-                    sel_all[v, r, s] = True
+                    every[0].append(r)
+                    every[1].append(s)
                 else:
-                    sel_at[v, r, s, pos_names.index(e.position)] = True
+                    at[0].append(r)
+                    at[1].append(s)
+                    at[2].append(pos_names.index(e.position))
+            sel_all[v, every[0], every[1]] = True
+            if at[0]:
+                sel_at[v, at[0], at[1], at[2]] = True
         invert = torch.tensor(list(ablate) if ablate is not None else [False] * V,
                               dtype=torch.bool)
         out = cls(sel_all, sel_at if pos_names else None, pos_names, invert)
@@ -105,13 +120,14 @@ def _align_groups(model: Any, var: EdgeVariants, v: int, circuit: EdgeCircuit) -
     L, H = model.cfg.n_layers, model.cfg.n_heads
     group = kv_groups(model)
     names = sender_names(L, H)
+    upto = _reads_upto_all(L, H)
     sel = var.sel_all[v] | (var.sel_at[v].any(-1) if var.sel_at is not None else False)
     for layer in range(L):
         for x in ("k", "v"):
             for g in range(H // group):
                 heads = range(g * group, (g + 1) * group)
                 rows = [receiver_index(f"a{layer}.h{h}", x, H, L) for h in heads]
-                live = [h for h, r in zip(heads, rows) if _reaches(model, var, v, layer, h)]
+                live = [h for h, r in zip(heads, rows) if _reaches(model, var, v, layer, h, upto)]
                 if not live:
                     continue
                 r0 = receiver_index(f"a{layer}.h{live[0]}", x, H, L)
@@ -135,18 +151,28 @@ def _align_groups(model: Any, var: EdgeVariants, v: int, circuit: EdgeCircuit) -
                         var.sel_at[v, r] = var.sel_at[v, r0]
 
 
-def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int) -> bool:
+def _reaches(model: Any, var: EdgeVariants, v: int, layer: int, head: int,
+             upto: "torch.Tensor | None" = None) -> bool:
     """Whether head (layer, head)'s own output reaches some receiver in variant v (a kept
-    out-edge at some position); if not, its inputs change nothing."""
+    out-edge at some position); if not, its inputs change nothing. ``upto``: each
+    receiver's ``reads_upto`` (computed here when not given)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     s = sender_index(f"a{layer}.h{head}", H)
-    R = n_receivers(L, H)
-    readers = [r for r in range(R) if s < reads_upto(r, L, H)]
+    if upto is None:
+        upto = _reads_upto_all(L, H)
+    readers = (upto > s).nonzero()[:, 0]
     everywhere = var.sel_all[v, readers, s]
     if bool(var.invert[v]):  # kept unless selected: dead only if patched everywhere
         return not bool(everywhere.all())
     somewhere = everywhere if var.sel_at is None else everywhere | var.sel_at[v, readers, s].any(-1)
     return bool(somewhere.any())
+
+
+def _reads_upto_all(L: int, H: int) -> "torch.Tensor":
+    """``reads_upto`` of every receiver, [R] (one Python pass, not one per head asked)."""
+    import torch
+
+    return torch.tensor([reads_upto(r, L, H) for r in range(n_receivers(L, H))])
 
 
 @dataclass(frozen=True, eq=False)
@@ -341,14 +367,18 @@ def _edge_hooks(model: Any, variants: EdgeVariants, ref: EdgeReference, v_idx: "
         if not heads:
             mask = mask[..., 0]
 
+        # as [B, 1 or P, r, S] matrices that multiply each (row, position)'s [S, d] block of
+        # the buffer in place: a matmul over a view, where an einsum copied the buffer
+        if heads:
+            m = mask.transpose(-1, -2) if mask.dim() == 4 else mask.transpose(1, 2)[:, None]
+        else:
+            m = mask[..., None, :] if mask.dim() == 3 else mask[:, None, None, :]
+
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            d = buf["d"][:, :, :send].to(x.device, x.dtype)  # layers may sit on other devices
-            m = mask.to(x.device, x.dtype)
-            if heads:
-                spec = "bpsd,bpsh->bphd" if m.dim() == 4 else "bpsd,bsh->bphd"
-            else:
-                spec = "bpsd,bps->bpd" if m.dim() == 3 else "bpsd,bs->bpd"
-            return x + torch.einsum(spec, d, m)
+            # layers may sit on other devices (a device-mapped model): bring both to x's
+            d = buf["d"][:, :, :send].to(x.device, x.dtype)
+            add = torch.matmul(m.to(x.device, x.dtype), d)
+            return x + (add if heads else add[:, :, 0])
         return hook
 
     hooks: list = [("blocks.0.hook_resid_pre", sender(0, 0, 0, 1))]
