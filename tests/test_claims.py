@@ -168,3 +168,15 @@ def test_xdist_workers_are_pinned_to_their_own_gpu():
     assert worker_device(config("auto", "gw0"), n_gpus=1) == "auto"
     assert worker_device(config("cpu", "gw3"), n_gpus=4) == "cpu"
     assert worker_device(config("auto"), n_gpus=4) == "auto"
+
+
+def test_private_claims_keep_their_errors_out_of_the_run():
+    """An error record made inside ``private()`` (a claim failed on purpose) stays out of the
+    session's records like a failed measurement does."""
+    from circuitcheck import _claims
+
+    before = list(_claims.RECORDS)
+    with _claims.private() as kept:
+        _claims.record_error("on-purpose", "cannot be read")
+    assert [r["claim"] for r in kept] == ["on-purpose"] and kept[0]["verdict"] == "error"
+    assert _claims.RECORDS == before
