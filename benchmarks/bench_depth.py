@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--trials", type=int, default=256)
     ap.add_argument("--full", action="store_true")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: mc,grid,path")
+    ap.add_argument("--skip", default="",
+                    help="comma list of parts to skip: mc,grid,path,seed000")
+    ap.add_argument("--loop-masks", type=int, default=3,
+                    help="masks the notebook loop is timed on (seed000; extrapolated)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     try:
@@ -67,6 +70,8 @@ def main() -> None:
         print(f"calibrated importance top 5: "
               + ", ".join(f"{l}.{h} {auto.importance[(l, h)]:+.3f}"
                           for l, h in auto.importance.ranking()[:5]) + "\n")
+    if "seed000" not in skip:
+        seed000(model, args.loop_masks)
     if "grid" not in skip:
         print("### IOI head grid (z, denoising, logit difference)\n")
         att, t_att = timed(lambda: P.attribution_patch_heads(model, task))
@@ -112,6 +117,84 @@ def main() -> None:
                                              progress=False))
         print(f"v receivers on GQA (per query head): one path patch of 9 senders "
               f"{sv.value:+.4f} in {t_v:.1f} s")
+
+
+NOTEBOOK_MASKS = 2 * 10_000  # seed 000: 10,000 masks per regime, each over every prompt
+
+
+def notebook_mask(model, enc, keep_prob: float, gen: torch.Generator) -> float:
+    """Seed 000's loop for one mask, as the notebook runs it: one forward of the whole padded
+    batch, heads zeroed one by one in a Python loop inside each layer's hook; top-1 read at
+    each prompt's last token."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    mask = torch.rand(L, H, generator=gen) < keep_prob
+
+    def hook(z, hook):
+        layer = int(hook.name.split(".")[1])
+        for h in range(H):
+            if not mask[layer, h]:
+                z[:, :, h, :] = 0.0
+        return z
+
+    with torch.inference_mode():
+        logits = model.run_with_hooks(enc.tokens.to(model.cfg.device),
+                                      fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)
+                                                 for l in range(L)])
+    last = logits[torch.arange(enc.n), torch.as_tensor(enc.lengths) - 1]
+    return float((last.argmax(-1).cpu() == torch.as_tensor(enc.answers)).float().mean())
+
+
+def seed000(model, loop_masks: int) -> None:
+    """Seed 000's procedure (both regimes + the selection claim) to a decision vs the notebook
+    loop's 2 x 10,000 masks over the same 51 prompts (extrapolated from timed masks)."""
+    from pathlib import Path
+
+    from _common import forward_flops, matmul_rate
+
+    from circuitcheck import _claims
+
+    root = Path(__file__).resolve().parent.parent
+    task = cc.tasks.copying(model, path=str(root / "circuits/data/copying_triples.txt"),
+                            only_correct=True, n=51,
+                            template="Every day {S} {V} {O}. Every day {S} {V}")
+    enc = task.encode(model)
+    print(f"### Seed 000 to a decision ({enc.n} copying prompts, {model.cfg.n_layers * model.cfg.n_heads} heads)\n")
+    gen = torch.Generator().manual_seed(0)
+    notebook_mask(model, enc, 0.3, gen)  # warm-up
+    t_mask = min(timed(lambda: notebook_mask(model, enc, 0.3, gen))[1]
+                 for _ in range(max(1, loop_masks)))
+    out: dict = {}
+
+    def decide() -> None:
+        try:
+            out["mc"] = cc.assert_selection(
+                model, task, top=20, by="importance", retained_at_least=0.5,
+                ablated_at_most=0.4, ablation="mean", metric="top1", seed=0, progress=False)
+        except AssertionError as exc:  # a failed or inconclusive claim is a decision too
+            out["why"] = str(exc).splitlines()[0]
+
+    with _claims.private() as records:
+        _, t_cc = timed(decide)
+    rec = records[-1]
+    t_loop = NOTEBOOK_MASKS * t_mask
+    tokens = int(sum(enc.lengths))
+    rate = matmul_rate("cpu")
+    share = forward_flops(model, tokens, enc.n) / rate / t_mask
+    print("| procedure | wall | ratio | share of the FLOP limit |")
+    print("|---|---:|---:|---|")
+    print(f"| notebook loop, {NOTEBOOK_MASKS} masks (timed {loop_masks}, {t_mask:.2f} s each) | "
+          f"{t_loop / 60:.0f} min (extrapolated) | 1x | loop {share:.0%} |")
+    print(f"| cc.assert_selection (calibrated keep probabilities, both regimes, selection, "
+          f"faithfulness/necessity) | {t_cc:.1f} s | {t_loop / t_cc:.0f}x | - |")
+    print(f"\nverdict {rec['verdict']}: {out.get('why') or rec.get('message', '')[:300]}")
+    mc = out.get("mc")
+    if mc is not None:
+        for r in (mc.importance, mc.exclusion):
+            print(f"- {r.regime}: keep_prob {r.keep_prob:.3g} (calibrated), {r.trials} trials, "
+                  f"success rate {r.rate:.3f}, degenerate: {r.degenerate or 'no'}")
+    print(f"target: seed 000 to a decision <= 5 min: {'met' if t_cc <= 300 else 'MISSED'} "
+          f"({t_cc / 60:.1f} min); >= 100x the notebook loop: "
+          f"{'met' if t_loop / t_cc >= 100 else 'MISSED'} ({t_loop / t_cc:.0f}x)\n")
 
 
 if __name__ == "__main__":
