@@ -111,3 +111,15 @@ def target(what: str, value: float, goal: float, unit: str) -> bool:
     met = value >= goal
     print(f"- target: {what} >= {shown[1]}: {'met' if met else 'MISSED'} ({shown[0]})")
     return met
+
+
+def notebook_hook(mask: Any) -> Callable[[Any, Any], Any]:
+    """The seed-000 notebook's ablation hook on ``blocks.{l}.attn.hook_z``: every head whose
+    ``mask[layer, head]`` is False zeroed one by one in a Python loop, as the notebook does."""
+    def hook(z: Any, hook: Any) -> Any:
+        layer = int(hook.name.split(".")[1])
+        for h in range(mask.shape[1]):
+            if not mask[layer, h]:
+                z[:, :, h, :] = 0.0
+        return z
+    return hook

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import circuitcheck as cc
+from _common import forward_flops, matmul_rate, notebook_hook
 from circuitcheck.measures import patching as P
 from circuitcheck.measures._patching_base import _setup
 from circuitcheck.measures.path_patching import _path_rows
@@ -128,13 +129,7 @@ def notebook_mask(model, enc, keep_prob: float, gen: torch.Generator) -> float:
     each prompt's last token."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     mask = torch.rand(L, H, generator=gen) < keep_prob
-
-    def hook(z, hook):
-        layer = int(hook.name.split(".")[1])
-        for h in range(H):
-            if not mask[layer, h]:
-                z[:, :, h, :] = 0.0
-        return z
+    hook = notebook_hook(mask)
 
     with torch.inference_mode():
         logits = model.run_with_hooks(enc.tokens.to(model.cfg.device),
@@ -148,8 +143,6 @@ def seed000(model, loop_masks: int) -> None:
     """Seed 000's procedure (both regimes + the selection claim) to a decision vs the notebook
     loop's 2 x 10,000 masks over the same 51 prompts (extrapolated from timed masks)."""
     from pathlib import Path
-
-    from _common import forward_flops, matmul_rate
 
     from circuitcheck import _claims
 

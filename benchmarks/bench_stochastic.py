@@ -15,7 +15,8 @@ import time
 import torch
 
 import circuitcheck as cc
-from _common import forward_flops, gpt2_shaped, interleaved, machine, median_time, target
+from _common import (forward_flops, gpt2_shaped, interleaved, machine, median_time,
+                     notebook_hook, target)
 
 NOTEBOOK_TRIALS = 2 * 10_000
 
@@ -29,14 +30,7 @@ def notebook_trials(model, enc, n_trials: int, keep_prob: float, seed: int = 0) 
     for t in range(n_trials):
         mask = torch.rand(L, H, generator=gen) < keep_prob
         i = t % enc.n
-
-        def hook(z, hook):
-            layer = int(hook.name.split(".")[1])
-            for h in range(H):
-                if not mask[layer, h]:
-                    z[:, :, h, :] = 0.0
-            return z
-
+        hook = notebook_hook(mask)
         with torch.inference_mode():
             logits = model.run_with_hooks(enc.tokens[i:i + 1, : enc.lengths[i]].to(model.cfg.device),
                                           fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)
