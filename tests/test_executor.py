@@ -192,6 +192,29 @@ def test_ablation_curve_on_ray_equals_in_process(cluster, planted):
     assert local.chosen[("zero", 6)][1].mean() > 0.1, local.chosen[("zero", 6)][1].mean()
 
 
+@needs_ray
+def test_patching_grids_on_ray_equal_in_process(cluster, planted):
+    """The exact cells dealt to the workers by layer and merged back: the same grid, the same
+    per-prompt metrics and the same exact mask, for heads, a head subset, the residual stream
+    and the attribution-screened grid."""
+    from circuitcheck.measures import patching as P
+    from circuitcheck.measures.metrics import get_metric
+
+    t = cc.tasks.induction(planted, n=16, seq_len=8, seed=1)
+    for fn, kw in ((P.patch_heads, {}), (P.patch_heads, {"heads": ["1.1", "0.2", "1.3"]}),
+                   (P.patch_residual, {}), (P.patch_heads, {"screen": "attribution"})):
+        here = fn(planted, t, progress=False, **kw)
+        there = fn(planted, t, progress=False, executor="ray", **kw)
+        np.testing.assert_array_equal(there.exact, here.exact)
+        np.testing.assert_allclose(there.values, here.values, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(there.per_prompt, here.per_prompt, atol=1e-6, equal_nan=True)
+        assert there.method == here.method and np.isfinite(there.values[there.exact]).all()
+    assert np.nanmax(np.abs(P.patch_heads(planted, t, progress=False).values)) > 0.1
+    with pytest.raises(CircuitCheckError, match="metric= as a name"):
+        P.patch_heads(planted, t, metric=get_metric("logit_diff", has_wrong=True),
+                      executor="ray")
+
+
 def test_local_executor_runs_work_in_order_with_its_cache(planted):
     ex = executors.get_executor("local")
     assert ex.is_local() and ex.slots(planted) == 1

@@ -132,3 +132,43 @@ def attention_grid(executor: Executor, model: Any, masks: Any, cells: list[tuple
     out = executor.map(model, run_attention_rows, ctx, chunks)
     per = len(parts)
     return {cell: np.concatenate(out[i * per:(i + 1) * per]) for i, cell in enumerate(cells)}
+
+
+def patch_context(model: Any, task: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """What workers need to patch cells of one ``patch_heads`` / ``patch_residual`` grid:
+    the task and the grid's settings (``spec``: component, per_position, positions,
+    direction, metric, batch_size). The metric must be named: a worker builds its own."""
+    from ..errors import CircuitCheckError
+
+    load_spec(model)
+    if not isinstance(spec["metric"], str):
+        raise CircuitCheckError("a Ray executor rebuilds the metric on each worker by its name: "
+                                "pass metric= as a name (logit_diff, logprob, ...) or run with "
+                                "executor='local'")
+    return {"id": new_context_id(), "task": task, **spec}
+
+
+def patch_cells_on(executor: Executor, model: Any, ctx: dict[str, Any], todo: np.ndarray,
+                   work: Any) -> Any:
+    """Exact patching of the ``todo`` cells on ``executor`` by the work function ``work``
+    (``activation_patching.run_patch_cells``): the layers with work dealt to the workers in
+    turn (later layers patch cheaper: runs start at the patched layer), each worker's grid
+    merged back cell by cell; the same grid one process computes."""
+    import dataclasses
+
+    todo = np.asarray(todo, dtype=bool)
+    rows = np.flatnonzero(todo.reshape(todo.shape[0], -1).any(1))
+    n = max(1, min(executor.slots(model), len(rows)))
+    chunks = []
+    for w in range(n):
+        part = np.zeros_like(todo)
+        part[rows[w::n]] = todo[rows[w::n]]
+        chunks.append(part)
+    grids = executor.map(model, work, ctx, chunks)
+    base = grids[0]
+    values, per, exact = base.values.copy(), base.per_prompt.copy(), base.exact.copy()
+    for g in grids[1:]:
+        values[g.exact], per[g.exact] = g.values[g.exact], g.per_prompt[g.exact]
+        exact |= g.exact
+    problem = next((g.problem for g in grids if g.problem), None)
+    return dataclasses.replace(base, values=values, per_prompt=per, exact=exact, problem=problem)

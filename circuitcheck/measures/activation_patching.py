@@ -109,23 +109,51 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
                  direction, exact=exact.copy())
 
 
+def run_patch_cells(model: Any, ctx: dict[str, Any], cells: np.ndarray, cache: dict
+                    ) -> PatchGrid:
+    """Executor work function: the exact grid of ``cells`` (boolean, shaped like the grid),
+    NaN elsewhere, on this worker's copy of the model (``_distributed.patch_cells_on``)."""
+    key = ("patch", ctx["id"])
+    if key not in cache:
+        cache.clear()  # one measurement at a time per worker
+        cache[key] = _setup(model, ctx["task"], ctx["metric"])
+    return _sweep(model, cache[key], ctx["component"], ctx["per_position"], ctx["positions"],
+                  ctx["direction"], ctx["batch_size"], cells, None)
+
+
 def _measure(model: Any, task: Task, component: str, per_position: bool,
              positions: Sequence[str] | None, direction: str, metric: "str | Metric",
              batch_size: int | None, heads: Any, layers: Any, screen: str | None,
-             screen_options: dict[str, Any] | None, progress: Any) -> PatchGrid:
+             screen_options: dict[str, Any] | None, progress: Any,
+             executor: Any = None) -> PatchGrid:
+    from ..executors import get_executor
+
+    ex = get_executor(executor)
+    if screen not in (None, "attribution"):
+        raise CircuitCheckError(f"unknown screen {screen!r}; use screen='attribution' or None")
+    ctx = None
+    if not ex.is_local():
+        from ._distributed import patch_context
+
+        ctx = patch_context(model, task, {
+            "component": component, "per_position": per_position, "positions": positions,
+            "direction": direction, "metric": metric, "batch_size": batch_size})
     s = _setup(model, task, metric)
     _, shape, dims, _ = _layout(model, s, component, per_position, positions)
     cells = _cells(model, shape, dims, heads, layers)
-    if screen is None:
-        return _sweep(model, s, component, per_position, positions, direction, batch_size,
-                      cells, progress)
-    if screen != "attribution":
-        raise CircuitCheckError(f"unknown screen {screen!r}; use screen='attribution' or None")
-    from .screen import screened
 
-    def exact(todo: np.ndarray) -> PatchGrid:
+    def exact(todo: np.ndarray | None) -> PatchGrid:
+        if ctx is not None:
+            from ._distributed import patch_cells_on
+
+            return patch_cells_on(ex, model, ctx, np.ones(shape, bool) if todo is None
+                                  else np.asarray(todo, bool).reshape(shape), run_patch_cells)
         return _sweep(model, s, component, per_position, positions, direction, batch_size,
                       todo, progress)
+    if screen is None:
+        return exact(cells)
+    from .screen import screened
+
     return screened(model, s, component, per_position, positions, direction, batch_size,
                     cells, progress, exact, **(screen_options or {}))
 
@@ -134,8 +162,8 @@ def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: b
                 positions: Sequence[str] | None = None, direction: str = "denoise",
                 metric: "str | Metric" = "logit_diff", batch_size: int | None = None,
                 heads: Any = None, layers: Any = None, screen: str | None = None,
-                screen_options: dict[str, Any] | None = None, progress: Any = None
-                ) -> PatchGrid:
+                screen_options: dict[str, Any] | None = None, progress: Any = None,
+                executor: Any = None) -> PatchGrid:
     """Activation patching of every head, exact: one patched run per (head, prompt).
 
     ``component``: the head's output ``z`` (what it writes), or its ``q``, ``k``, ``v`` or
@@ -151,12 +179,14 @@ def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: b
     first and patches exactly only the cells the estimate cannot rule out (the rule is in
     ``circuitcheck.measures.screen.screened``; options in ``screen_options``: ``top``, ``at``,
     ``audit``, ``safety``, ``seed``). ``progress``: a tqdm bar on a terminal (default: on when
-    stderr is a terminal, see ``circuitcheck.progress``).
+    stderr is a terminal, see ``circuitcheck.progress``). ``executor`` (``"ray[:ADDRESS]"``,
+    ``circuitcheck.executors``): the exact cells (all, or the screen's rounds) are dealt to
+    the workers by layer and merged back; the same grid as in process.
     """
     check_component(component, HEAD_COMPONENTS)
     check_direction(direction)
     return _measure(model, task, component, per_position, positions, direction, metric,
-                    batch_size, heads, layers, screen, screen_options, progress)
+                    batch_size, heads, layers, screen, screen_options, progress, executor)
 
 
 def patch_residual(model: Any, task: Task, *, component: str = "resid_pre",
@@ -164,14 +194,14 @@ def patch_residual(model: Any, task: Task, *, component: str = "resid_pre",
                    direction: str = "denoise", metric: "str | Metric" = "logit_diff",
                    batch_size: int | None = None, layers: Any = None,
                    screen: str | None = None, screen_options: dict[str, Any] | None = None,
-                   progress: Any = None) -> PatchGrid:
+                   progress: Any = None, executor: Any = None) -> PatchGrid:
     """Activation patching of ``resid_pre``, ``attn_out`` or ``mlp_out``: ``[layer, pos]``
     (or ``[layer]`` with ``per_position=False``, or named ``positions``). ``layers=``,
-    ``screen=`` and ``progress`` as in ``patch_heads``."""
+    ``screen=``, ``progress`` and ``executor`` as in ``patch_heads``."""
     check_component(component, RESIDUAL_COMPONENTS)
     check_direction(direction)
     return _measure(model, task, component, per_position, positions, direction, metric,
-                    batch_size, None, layers, screen, screen_options, progress)
+                    batch_size, None, layers, screen, screen_options, progress, executor)
 
 
 def patch_head_set(model: Any, task: Task, heads: Any, *, component: str = "z",
