@@ -235,6 +235,8 @@ def assert_head_sweep(model: Any, task: Task, heads: Any, *, drop_at_least: floa
     flag(others, "others")
     flag(allow_inconclusive, "allow_inconclusive")
     claimed = _heads(model, heads)
+    if not others and "heads" not in kwargs:  # nothing is claimed of the rest: sweep only these
+        kwargs["heads"] = claimed
     sw = head_sweep(model, task, **kwargs)
     scale = abs(sw.full) if relative else 1.0
     if relative and not sw.full:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,21 @@ def test_card_shape_ignores_values_but_not_entries():
     assert _shape({**card, "acc": 0.5, "n": 4, "build": {}}) == _shape(card)
     assert _shape({**card, "heads": [[1, 2], [3, 4]]}) != _shape(card)
     assert _shape({k: v for k, v in card.items() if k != "n"}) != _shape(card)
+
+
+def test_saturated_attention_scores_are_not_zero_width_intervals():
+    """The planted previous-token head attends with weight 1.0 on every sequence: its
+    interval is the Wilson interval of 32/32 (never [1, 1]); a score that varies keeps its
+    bootstrap interval (not widened to Wilson's)."""
+    from circuitcheck.stats import wilson_ci
+
+    planted = cc.load_model("zoo:planted", device="cpu")
+    s = cc.head_scores(planted, "previous_token", n=32, seq_len=12)
+    assert s[(0, 2)] == pytest.approx(1.0)
+    (w_lo,), _ = wilson_ci(np.array([32.0]), np.array([32.0]))
+    assert s.ci_low[0, 2] == pytest.approx(w_lo) and s.ci_high[0, 2] == 1.0
+    other = cc.head_scores(cc.load_model("zoo:induction-2l", device="cpu"), "previous_token",
+                           n=32, seq_len=12)
+    lo, hi = other.ci_low[0, 1], other.ci_high[0, 1]
+    (w_lo,), (w_hi,) = wilson_ci(np.array([other[(0, 1)] * 32]), np.array([32.0]))
+    assert 0 < hi - lo < (w_hi - w_lo) / 4

@@ -254,6 +254,14 @@ def run(kind: ClaimKind, model: Any, task: Any, circuit: Any, spec: Mapping[str,
     else:
         for score_kind, sub in spec.items():
             sub = dict(sub)
+            if sub.pop("on_task", False):  # the claim's own prompts, not random repeats
+                if "n" in sub or "seq_len" in sub:
+                    from ..errors import ClaimFileError
+
+                    raise ClaimFileError(f"claim {name!r}: head_scores.{score_kind}: n and "
+                                         "seq_len shape the random repeats; with on_task the "
+                                         "task's prompts are used - drop them")
+                sub["on_task"] = task
             fn(model, sub.pop("heads"), score_kind, name=name, **sub)
 
 

@@ -62,12 +62,14 @@ register(ClaimKind(
             Param("top", INT, doc="each claimed head ranks within the top k (default: as many "
                                   "as claimed)"),
             Param("n", INT, doc="sequences of repeated random tokens"),
-            Param("seq_len", INT, doc="length of each repeated segment")),
+            Param("seq_len", INT, doc="length of each repeated segment"),
+            Param("on_task", BOOL, doc="score on the claim's task prompts instead of "
+                                       "repeated random tokens")),
     verdict="held when the weakest claimed head's interval is above at_least (" + INTERVAL
             + ") and every claimed head ranks within top",
     records="<score kind> score", figures=("histogram", "heatmap"),
-    example={"previous_token": {"heads": ["0.2"], "top": 1, "at_least": 0.9},
-             "induction": {"heads": ["1.1"], "top": 1, "at_least": 0.9}}))
+    example={"previous_token": {"heads": ["0.2"], "top": 1, "at_least": 0.9, "n": 64},
+             "induction": {"heads": ["1.1"], "top": 1, "at_least": 0.9, "n": 64}}))
 
 register(ClaimKind(
     name="important", summary="stochastic ablation ranks these heads the most important",

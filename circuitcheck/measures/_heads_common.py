@@ -28,6 +28,29 @@ def boot_heads(per: np.ndarray, confidence: float = 0.95, seed: int = 0,
     return mean, lo, hi
 
 
+def widen_unit(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: "int | np.ndarray",
+               confidence: float = 0.95, *, rate: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` of a quantity in [0, 1], widened to cover the Wilson interval at ``mean``
+    over ``n`` samples (per cell when an array), and kept in [0, 1].
+
+    ``rate``: the samples are 0/1 (a rate over names): always widened, as for every 0/1
+    metric. Otherwise (attention weights, continuous in [0, 1]) only a degenerate interval is
+    widened: a saturated score (a planted head attending with weight 1.0 on every sequence)
+    bootstraps to [1, 1], no room for the next sequence; the Wilson interval is the widest a
+    [0, 1] variable with that mean can need (its variance is at most p (1 - p)).
+    """
+    from ..stats import wilson_ci
+
+    n = np.broadcast_to(np.asarray(n, dtype=float), np.shape(mean))
+    w_lo, w_hi = wilson_ci(np.asarray(mean, dtype=float) * n, n, confidence)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    widen = np.ones(np.shape(mean), bool) if rate else ~(hi - lo > 1e-9)
+    lo = np.where(widen, np.fmin(lo, w_lo), lo)
+    hi = np.where(widen, np.fmax(hi, w_hi), hi)
+    return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+
+
 def per_query_head(x: "torch.Tensor", n_heads: int, dim: int) -> "torch.Tensor":
     """``x`` with its key/value-head axis ``dim`` expanded to one entry per query head.
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..circuit import format_head, parse_head
 from ..errors import CircuitCheckError, TaskError, did_you_mean
-from ._heads_common import boot_heads, per_query_head
+from ._heads_common import boot_heads, per_query_head, widen_unit
 from ._result import ResultProtocol, jsonable
 from ._scores import HeadScores
 
@@ -224,6 +224,8 @@ def position_attention(model: Any, task: Any, to: Any = ("IO", "S1", "S2"), *,
     run_patterns(model, tokens, lengths, take, with_v=weighted, batch_size=batch_size)
     per = out.numpy().astype(float)
     mean, lo, hi = boot_heads(per, confidence, seed)
+    if not weighted:  # attention weights lie in [0, 1]: never a [1, 1] interval
+        lo, hi = widen_unit(mean, lo, hi, np.isfinite(per).sum(0), confidence, rate=False)
     return PositionAttention(from_, tuple(_label(t) for t in targets), mean, lo, hi, per,
                              bool(weighted), prompts, confidence)
 
@@ -261,6 +263,7 @@ def task_head_scores(model: Any, task: Any, kind: str, *, prompts: str = "clean"
         raise TaskError(f"no prompt of the task has a query a {kind} head could attend from "
                         "(e.g. no repeated token)")
     mean, lo, hi = boot_heads(per, confidence, seed)
+    lo, hi = widen_unit(mean, lo, hi, per.shape[0], confidence, rate=False)  # attention lies in [0, 1]
     return HeadScores(kind, mean, lo, hi, per, confidence)
 
 

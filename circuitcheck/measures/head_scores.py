@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import _settings
 from ..errors import CircuitCheckError, did_you_mean
+from ._heads_common import widen_unit
 from ._scores import HeadScores
 
 KINDS = ("previous_token", "duplicate_token", "induction", "bos", "self")
@@ -108,4 +109,5 @@ def head_scores(model: Any, kind: str = "induction", *, n: int = 32, seq_len: in
     boots = per_seq[idx].mean(1)  # [1000, L, H]
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha], axis=0)
+    lo, hi = widen_unit(scores, lo, hi, n, confidence, rate=False)  # attention weights lie in [0, 1]
     return HeadScores(kind, scores, lo, hi, per_seq, confidence)

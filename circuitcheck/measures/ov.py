@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CircuitCheckError
-from ..stats import wilson_ci
-from ._heads_common import W_V_per_head, boot_heads
+from ._heads_common import W_V_per_head, boot_heads, widen_unit
 from ._scores import HeadScores
 
 CIRCUITS = ("ov", "full")
@@ -123,9 +122,7 @@ def ov_copying(model: Any, task: Any = None, *, names: Sequence[Any] | None = No
         hit = (top == tok[None, None, :, None]).any(-1).float()  # [L, H, n]
     per = hit.permute(2, 0, 1).cpu().numpy().astype(float)  # [n, L, H]
     mean, lo, hi = boot_heads(per, confidence, seed)
-    # a rate over names: never narrower than its Wilson interval (all n names hit is not [1, 1])
-    w_lo, w_hi = wilson_ci(per.sum(0), np.full(per.shape[1:], per.shape[0]), confidence)
-    lo, hi = np.minimum(lo, w_lo), np.maximum(hi, w_hi)
+    lo, hi = widen_unit(mean, lo, hi, per.shape[0], confidence)  # a rate: never [1, 1]
     return HeadScores("ov_negative_copying" if negative else "ov_copying", mean, lo, hi, per,
                       confidence)
 
