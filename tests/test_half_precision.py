@@ -26,7 +26,8 @@ DTYPES = ("bfloat16", "float16")
 #: layout -> (model source, circuit groups (and positions), task builder, thresholds)
 LAYOUTS = {
     "gpt2-planted": ("zoo:planted", {"prev": ["0.2"], "ind": ["1.1"]}, None,
-                     ("induction", 1, 1), {"faith": 0.9, "patch": 0.8, "score": 0.9}),
+                     # score 1.0 on all 16 sequences: its interval is Wilson's, [0.81, 1]
+                     ("induction", 1, 1), {"faith": 0.9, "patch": 0.8, "score": 0.75}),
     "gpt2-ioi-toy": ("zoo:ioi-toy", {"name movers": ["1.0", "1.2", "1.3", "2.2"],
                                      "layer-0": ["0.0", "0.1", "0.2", "0.3"]}, "ioi",
                      ("previous_token", 0, 0), {"faith": 0.5, "patch": 0.3, "score": None}),
