@@ -64,18 +64,20 @@ def interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", repeats:
     return {k: statistics.median(v) for k, v in times.items()}, statistics.median(rates)
 
 
-def matmul_rate(device: str = "cpu", n: int = 1024) -> float:
-    """Measured dense matmul FLOP/s of the device (the physical limit's denominator)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_rate(device: str = "cpu", n: int = 1024, dtype: Any = None, *, inner: int = 8,
+                repeats: int = 5) -> float:
+    """Measured dense matmul FLOP/s of the device (the physical limit's denominator), in
+    ``dtype`` (default float32)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
 
     def run() -> None:
-        for _ in range(8):
+        for _ in range(inner):
             a @ b
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return 8 * 2 * n**3 / median_time(run, 5)
+    return inner * 2 * n**3 / median_time(run, repeats)
 
 
 def forward_flops(model: Any, tokens: int, read_positions: int | None = None) -> float:

@@ -170,19 +170,9 @@ def check_xdist(device: str, workers: int, rows: list) -> None:
 
 def peak(device: str, dtype: Any, n: int = 4096) -> float:
     """Measured dense matmul FLOP/s of ``device`` in ``dtype``."""
-    import torch
+    from _common import matmul_rate
 
-    from _common import median_time
-
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-
-    def run() -> None:
-        for _ in range(4):
-            a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return 4 * 2 * n ** 3 / median_time(run, 3)
+    return matmul_rate(device, n, dtype, inner=4, repeats=3)
 
 
 def check_throughput(device: str, trials: int, cpu_trials: int, rows: list) -> None:

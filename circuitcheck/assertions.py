@@ -145,21 +145,27 @@ def assert_necessary(model: Any, task: Task, circuit: Circuit, *, at_most: float
 
 def assert_head_score(model: Any, heads: Any, kind: str = "induction", *,
                       at_least: float | None = None, top: int | None = None,
-                      name: str | None = None, on_task: Any = None,
-                      **kwargs: Any) -> Measurement:
+                      name: str | None = None, on_task: bool = False,
+                      claim_task: Any = None, **kwargs: Any) -> Measurement:
     """Assert that ``heads`` are ``kind`` heads ("L1H2 is an induction head").
 
     Each head's score interval must lie above ``at_least`` (when given), and each head must rank
     within the ``top`` highest-scoring heads (default: ``len(heads)``, i.e. they are the top
     heads). Keyword arguments go to ``cc.head_scores`` (n, seq_len, seed, or ``task=`` to score
-    on a task's own prompts; ``on_task=<Task>`` is the same, as YAML's ``on_task: true`` passes
-    the claim's task).
+    on a task's own prompts). ``on_task`` (YAML) scores on ``claim_task``, the claim's task,
+    which the claim file passes.
     """
     __tracebackhide__ = True
-    if on_task is not None and on_task is not False:
-        if isinstance(on_task, bool):
-            raise ValueError("on_task=True needs the task itself: pass on_task=<Task> or task=")
-        kwargs["task"] = on_task
+    from ._validate import flag
+
+    flag(on_task, "on_task")
+    if on_task:
+        if claim_task is None:
+            raise ValueError("on_task needs the claim's task (claim_task=); in Python pass task=")
+        if "n" in kwargs or "seq_len" in kwargs:
+            raise ValueError(f"head_scores.{kind}: n and seq_len shape the random repeats; with "
+                             "on_task the task's prompts are used - drop them")
+        kwargs["task"] = claim_task
     if isinstance(heads, (str, tuple)) and (isinstance(heads, str) or len(heads) == 2
                                             and all(isinstance(x, int) for x in heads)):
         heads = [heads]

@@ -350,3 +350,14 @@ def test_task_quality_claim_per_template(ioi):
         q.intervals("accuracy")
     pooled = cc.assert_task_quality(model, task, at_least=0.8, per_template=False)
     assert pooled.n == len(task)
+
+
+def test_head_score_on_task_scores_the_claims_own_prompts(ioi):
+    model, task = ioi
+    m = cc.assert_head_score(model, ["0.0"], "bos", top=4, on_task=True, claim_task=task)
+    direct = cc.head_scores(model, "bos", task=task)
+    assert m.value == pytest.approx(direct[(0, 0)]) and m.n == direct.n
+    with pytest.raises(ValueError, match="n and seq_len shape the random repeats"):
+        cc.assert_head_score(model, ["0.0"], "bos", on_task=True, claim_task=task, n=4)
+    with pytest.raises(cc.CircuitCheckError, match="on_task must be true or false"):
+        cc.assert_head_score(model, ["0.0"], "bos", on_task="yes", claim_task=task)

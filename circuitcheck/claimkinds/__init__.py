@@ -29,7 +29,8 @@ from typing import Any
 #: ``circuit`` -> ``assert_x(model, task, circuit, **spec)``;
 #: ``heads`` -> ``assert_x(model, task, spec.pop("heads"), **spec)``;
 #: ``task`` -> ``assert_x(model, task, **spec)``;
-#: ``per_score`` (head scores) -> ``assert_x(model, sub.pop("heads"), score_kind, **sub)`` for
+#: ``per_score`` (head scores) -> ``assert_x(model, sub.pop("heads"), score_kind,
+#: claim_task=task, **sub)`` for
 #: each ``score_kind: sub`` of the spec.
 TARGETS = ("circuit", "heads", "task", "per_score")
 
@@ -254,15 +255,7 @@ def run(kind: ClaimKind, model: Any, task: Any, circuit: Any, spec: Mapping[str,
     else:
         for score_kind, sub in spec.items():
             sub = dict(sub)
-            if sub.pop("on_task", False):  # the claim's own prompts, not random repeats
-                if "n" in sub or "seq_len" in sub:
-                    from ..errors import ClaimFileError
-
-                    raise ClaimFileError(f"claim {name!r}: head_scores.{score_kind}: n and "
-                                         "seq_len shape the random repeats; with on_task the "
-                                         "task's prompts are used - drop them")
-                sub["on_task"] = task
-            fn(model, sub.pop("heads"), score_kind, name=name, **sub)
+            fn(model, sub.pop("heads"), score_kind, name=name, claim_task=task, **sub)
 
 
 def readme_list() -> str:
