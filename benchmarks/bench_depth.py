@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--trials", type=int, default=256)
     ap.add_argument("--full", action="store_true")
+    ap.add_argument("--tl-cells", type=int, default=27,
+                    help="heads transformer_lens.patching is timed on (--full; extrapolated)")
     ap.add_argument("--skip", default="",
                     help="comma list of parts to skip: mc,grid,path,seed000")
     ap.add_argument("--loop-masks", type=int, default=3,
@@ -86,6 +88,10 @@ def main() -> None:
         if args.full:
             full, t_full = timed(lambda: P.patch_heads(model, task, progress=False))
             print(f"| full exact (cc.patch_heads) | {t_full:.1f} | {L * H} of {L * H} |")
+            (tl_cells, tl_vals), t_tl = timed(lambda: tl_patching(model, task, args.tl_cells))
+            t_tl_all = t_tl * L * H / len(tl_cells)
+            print(f"| transformer_lens.patching (timed on {len(tl_cells)} heads, extrapolated) "
+                  f"| {t_tl_all:.1f} | {L * H} of {L * H} |")
             ex = sc.exact
             top = [lab for lab, _ in full.top(10)]
             print(f"\nscreened vs exact: max |diff| on exact cells "
@@ -94,7 +100,10 @@ def main() -> None:
                   f"max |true| among screened-out cells "
                   f"{np.abs(full.values[~ex]).max() if (~ex).any() else 0:.4f} (cut "
                   f"{sc.screen['cut']:.4f}); attribution r = {P.correlation(att, full):.3f}; "
-                  f"speed-up {t_full / t_sc:.1f}x")
+                  f"screened / full exact {t_sc / t_full:.2f} (target <= 0.20); "
+                  f"full exact vs transformer_lens.patching {t_tl_all / t_full:.1f}x (target "
+                  f">= 2x); max |cc - TL| on its {len(tl_cells)} heads "
+                  f"{max(abs(full.values[c] - v) for c, v in zip(tl_cells, tl_vals)):.2e}")
         print(f"\nscreen: {sc.screen}\n")
     if "path" not in skip:
         print("### Path patching: every head -> 4 receivers' queries at 'end'\n")
@@ -118,6 +127,35 @@ def main() -> None:
                                              progress=False))
         print(f"v receivers on GQA (per query head): one path patch of 9 senders "
               f"{sv.value:+.4f} in {t_v:.1f} s")
+
+
+def tl_patching(model, task, n_cells: int):
+    """``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` on ``n_cells`` heads
+    spread over the layers (every TL cell is one full forward, whatever its layer, so its
+    time extrapolates linearly), normalised as circuitcheck's grid: (ld - corrupted) / (clean
+    - corrupted) of the mean logit difference at each prompt's last token."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    enc = task.encode(model)
+    dev = model.cfg.device
+    n = torch.arange(enc.n)
+    last = torch.as_tensor(enc.lengths) - 1
+
+    def ld(logits):
+        lo = logits[n, last].float().cpu()
+        return float((lo[n, enc.answers] - lo[n, enc.wrong]).mean())
+
+    picks = np.linspace(0, L * H - 1, n_cells).round().astype(int)
+    cells = [divmod(int(i), H) for i in picks]
+    with torch.inference_mode():
+        clean_logits, cache = model.run_with_cache(enc.tokens.to(dev))
+        c, k = ld(clean_logits), ld(model(enc.corrupted.to(dev)))
+        out = patching.get_act_patch_attn_head_out_all_pos(
+            model, enc.corrupted.to(dev), cache, lambda lo: torch.tensor((ld(lo) - k) / (c - k)),
+            index_axis_names=None, index_df=pd.DataFrame(cells, columns=["layer", "head"]))
+    return cells, out.flatten().tolist()
 
 
 NOTEBOOK_MASKS = 2 * 10_000  # seed 000: 10,000 masks per regime, each over every prompt

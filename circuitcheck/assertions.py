@@ -467,7 +467,9 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     when an interval is wholly on the wrong side, inconclusive otherwise. ``by="union"`` with
     ``percentile`` takes the outliers of either regime, and ``score="notebook"`` ranks by seed
     000's counting scores (top-1 only): the notebook's selection as written. Keyword arguments
-    go to ``cc.stochastic_ablation`` (ablation, metric, seed, trial, ...).
+    go to ``cc.stochastic_ablation`` (ablation, metric, seed, trial, ...). With ``top`` and
+    effect scores, sampling stops once the top k are the same set at two consecutive looks
+    (``stable_top``; pass ``stable_top=None`` to spend the whole budget).
     """
     __tracebackhide__ = True
 
@@ -482,6 +484,8 @@ def assert_selection(model: Any, task: Task, *, top: int | None = None,
     if by == "union" and top:
         raise ValueError("by='union' selects the outliers of both regimes: give percentile=, "
                          "not top=")
+    if top and by != "union" and score == "effect" and "heads" not in kwargs:
+        kwargs.setdefault("stable_top", top)
     mc = stochastic_ablation(model, task, trials=trials, **kwargs)
     eff = mc._regime("importance" if by == "union" else by)
     heads = mc.ranked(by, score)[:top] if top else mc.select(percentile, by=by, score=score)

@@ -76,3 +76,28 @@ def test_trials_are_labelled_as_trials():
     assert "n=1024 trials" in text and m.to_dict()["unit"] == "trials"
     assert "n=3 prompts" in claim_message("y", Measurement("f", 0.1, (0, 1), np.zeros(3)),
                                           "failed", ">=", 0.5)
+
+
+def test_selection_stops_once_its_top_k_is_stable(planted):
+    """A selection claim stops sampling once its top k are the same set at two consecutive
+    looks; that set is the one the whole budget selects, and the other regime gets as many
+    trials. A run with a claim of its own refuses stable_top."""
+    from circuitcheck import _claims
+
+    model, _ = planted
+    task = cc.tasks.induction(model, n=64, seq_len=12, seed=0)
+    kw = dict(top=2, retained_at_least=0.9, ablated_at_most=0.1, trials=4096, metric="top1",
+              seed=0, progress=False)
+    with _claims.private() as records:
+        mc = cc.assert_selection(model, task, **kw)
+    used = len(mc.raw["importance"]["metric"])
+    assert mc.decision == "stable" and mc.notes["stable_top"] == 2 and used < 4096
+    assert len(mc.raw["exclusion"]["metric"]) == used
+    assert records[-1]["verdict"] == "held"
+    assert sorted(records[-1]["heads"]) == [[0, 2], [1, 1]]  # the planted circuit
+    with _claims.private():
+        whole = cc.assert_selection(model, task, stable_top=None, **kw)
+    assert len(whole.raw["importance"]["metric"]) == 4096 and whole.decision is None
+    assert set(whole.importance.ranking()[:2]) == set(mc.importance.ranking()[:2])
+    with pytest.raises(cc.CircuitCheckError, match="drop stable_top"):
+        cc.stochastic_ablation(model, task, heads=["1.1"], stable_top=2, trials=256)

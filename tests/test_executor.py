@@ -72,8 +72,16 @@ def test_without_ray_the_option_says_how_to_install(monkeypatch):
 
 
 def test_load_model_records_how_to_reload(planted):
-    assert planted.cc_load_spec == {"name_or_dir": "zoo:planted", "device": "cpu",
-                                    "dtype": "float32", "revision": None, "prepend_bos": None}
+    """The spec is what load_model was asked (``auto`` lets a worker with a GPU use it; the
+    session's cache may have loaded this model first without device=) and reloads it."""
+    from circuitcheck.models import resolve_device
+
+    spec = dict(planted.cc_load_spec)
+    assert spec.pop("device") in ("cpu", "auto")
+    assert spec == {"name_or_dir": "zoo:planted", "dtype": "float32", "revision": None,
+                    "prepend_bos": None}
+    assert resolve_device(planted.cc_load_spec["device"]) == str(planted.cfg.device) == "cpu"
+    assert cc.load_model(**planted.cc_load_spec) is planted
 
 
 @needs_ray

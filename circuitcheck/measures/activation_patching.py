@@ -62,12 +62,15 @@ def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
 
 def _sweep(model: Any, s: _Setup, component: str, per_position: bool,
            positions: Sequence[str] | None, direction: str, batch_size: int | None,
-           cells: np.ndarray | None = None, progress: Any = None) -> PatchGrid:
+           cells: np.ndarray | None = None, progress: Any = None,
+           memo: dict[str, Any] | None = None) -> PatchGrid:
     """Exact patching of ``cells`` of the grid (default all); NaN elsewhere. A patch the
-    machinery did not apply (``NotMeasurableError``) leaves the grid NaN with that problem."""
+    machinery did not apply (``NotMeasurableError``) leaves the grid NaN with that problem.
+    ``memo`` (a dict kept across calls, as the screen's rounds do): the source and base runs
+    are cached once, at every layer, and reused by every later call."""
     try:
         return _sweep_exact(model, s, component, per_position, positions, direction,
-                            batch_size, cells, progress)
+                            batch_size, cells, progress, memo)
     except NotMeasurableError as e:
         _, shape, dims, coords = _layout(model, s, component, per_position, positions)
         nan = np.full(s.enc.n, np.nan)
@@ -79,7 +82,8 @@ def _sweep(model: Any, s: _Setup, component: str, per_position: bool,
 
 def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
                  positions: Sequence[str] | None, direction: str, batch_size: int | None,
-                 cells: np.ndarray | None, progress: Any) -> PatchGrid:
+                 cells: np.ndarray | None, progress: Any,
+                 memo: dict[str, Any] | None = None) -> PatchGrid:
     enc = s.enc
     L = model.cfg.n_layers
     pos_of, shape, dims, coords = _layout(model, s, component, per_position, positions)
@@ -88,11 +92,19 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
                            else (enc.corrupted, enc.tokens))
     starts = sorted(set(patches.first_layer.tolist()))
     used = sorted(set(patches.layer_mask.any(0).nonzero().flatten().tolist()))
+    if memo is not None:  # every layer once, for this and every later call
+        starts = used = list(range(L))
     src_names = [hook_name(component, l) for l in used]
     base_names = [f"blocks.{l}.hook_resid_pre" for l in starts
                   if l > 0 or component == "resid_pre"]
-    src_acts, src_read = cache_run(model, enc, src_toks, src_names, batch_size=batch_size)
-    base_acts, base_read = cache_run(model, enc, base_toks, base_names, batch_size=batch_size)
+    if memo is not None and "src" in memo:
+        (src_acts, src_read), (base_acts, base_read) = memo["src"], memo["base"]
+    else:
+        src_acts, src_read = cache_run(model, enc, src_toks, src_names, batch_size=batch_size)
+        base_acts, base_read = cache_run(model, enc, base_toks, base_names,
+                                         batch_size=batch_size)
+        if memo is not None:
+            memo["src"], memo["base"] = (src_acts, src_read), (base_acts, base_read)
     source = {l: src_acts[hook_name(component, l)] for l in used}
     base_resid = {int(n.split(".")[1]): a for n, a in base_acts.items()}
     cells_n = int(np.prod(shape))
@@ -142,6 +154,8 @@ def _measure(model: Any, task: Task, component: str, per_position: bool,
     _, shape, dims, _ = _layout(model, s, component, per_position, positions)
     cells = _cells(model, shape, dims, heads, layers)
 
+    memo: dict[str, Any] | None = {} if screen is not None else None
+
     def exact(todo: np.ndarray | None) -> PatchGrid:
         if ctx is not None:
             from ._distributed import patch_cells_on
@@ -149,7 +163,7 @@ def _measure(model: Any, task: Task, component: str, per_position: bool,
             return patch_cells_on(ex, model, ctx, np.ones(shape, bool) if todo is None
                                   else np.asarray(todo, bool).reshape(shape), run_patch_cells)
         return _sweep(model, s, component, per_position, positions, direction, batch_size,
-                      todo, progress)
+                      todo, progress, memo)
     if screen is None:
         return exact(cells)
     from .screen import screened

@@ -26,6 +26,11 @@ up to 0.35 in the previous-token head, below 1e-3 in most others). So each strat
 is measured on that stratum's own exact cells, its largest ones and a random sample. A single
 global margin, or one measured on the small cells only, missed a previous-token-head cell of
 true effect 0.052 estimated at 0.0001 there (the saturation failure of Kramár et al. §3.1).
+One random cell per stratum (``audit_min=1``; 10% of a stratum's cells) is enough in
+measurement: on SmolLM2's IOI head grid (30 layers x 9 heads; 4, 8, 16 and 32 prompts) the
+true top 10 were exact with 43-67 of 270 cells patched, the same cells as with two per layer
+except where more cells meant larger margins; ``zoo:induction-2l``'s per-position grid
+caught the saturated previous-token cell either way.
 It is an empirical bound, not a proof: a cell whose error exceeds ``safety`` times the worst
 error seen in its stratum can be missed. Raise ``audit`` (up to 1: everything exact) or
 ``safety`` when that matters; the grid records the margin, the worst error seen, the cut and
@@ -48,7 +53,7 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
              positions: Sequence[str] | None, direction: str, batch_size: int | None,
              cells: np.ndarray | None, progress: Any,
              exact_fn: Callable[[np.ndarray], PatchGrid], *, top: int = 10,
-             at: float | None = 0.05, audit: float = 0.1, audit_min: int = 2,
+             at: float | None = 0.05, audit: float = 0.1, audit_min: int = 1,
              safety: float = 2.0, seed: int = 0) -> PatchGrid:
     """The screened grid: exact where ``grid.exact``, the attribution estimate elsewhere.
 

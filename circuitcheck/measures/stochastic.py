@@ -47,6 +47,7 @@ from ..stats import wilson_ci
 from ..tasks import Task
 from ._result import ResultProtocol, jsonable
 from ._distributed import round_metrics, trial_context
+from ._calibration import TARGETS, calibrate, measure_ends
 from ._notebook_scores import notebook_scores
 from .metrics import get_metric
 
@@ -122,7 +123,7 @@ class StochasticAblation(ResultProtocol):
     ablation: str
     seed: int
     budget: int
-    decision: str | None = None  # "held" / "failed" / "undecided" when a claim was tested
+    decision: str | None = None  # "held"/"failed"/"undecided" for a claim; "stable": stable_top
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -365,6 +366,7 @@ def stochastic_ablation(
     top: int | None = None, by: str = "importance", confidence: float = 0.95,
     min_trials: int = 256, batch_size: int | None = None, progress: Any = None,
     calibration_trials: int = 64, trial: str = "prompt", executor: Any = None,
+    stable_top: int | None = None,
 ) -> StochasticAblation:
     """Score every head by random ablation; ``trials`` is the budget per regime.
 
@@ -419,8 +421,13 @@ def stochastic_ablation(
             raise CircuitCheckError(f"head {layer}.{h} is out of range: the model has {L} layers "
                                     f"and {H} heads per layer")
     deciding = bool(claimed) or top is not None
+    if stable_top is not None:
+        stable_top = _validate.count(stable_top, "stable_top")
+        if deciding:
+            raise CircuitCheckError("stable_top stops a run without a claim; with heads= or "
+                                    "top= the claim's own decision stops it: drop stable_top")
     top = top or len(claimed) or 1
-    ends = _ends(model, enc, values, m, batch_size)
+    ends = measure_ends(model, enc, values, m, batch_size)
     wanted = {"importance": keep_prob}
     if exclusion_keep_prob is not None:
         wanted["exclusion"] = exclusion_keep_prob
@@ -443,7 +450,8 @@ def stochastic_ablation(
         masks_all = np.zeros((0, L, H), dtype=bool)
         metric_all = np.zeros(0)
         prompt_all = np.zeros(0, dtype=np.int64)
-        decides = deciding and regime == by
+        decides = (deciding or stable_top is not None) and regime == by
+        previous: set[Head] | None = None
         target = min(min_trials, budget) if decides else budget
         while True:
             n_new = target - len(metric_all)
@@ -462,9 +470,15 @@ def stochastic_ablation(
             prompt_all = np.concatenate([prompt_all, prompt.numpy()])
             if not decides:
                 break
-            corrected = 1 - (1 - confidence) / (looks * L * H)
-            decision = _decide(estimate(masks_all, metric_all, prompt_all, p, regime, corrected),
-                               claimed, top)
+            if stable_top is not None:
+                ranked = set(estimate(masks_all, metric_all, prompt_all, p, regime).ranking()
+                             [:stable_top])
+                decision = "stable" if ranked == previous else "undecided"
+                previous = ranked
+            else:
+                corrected = 1 - (1 - confidence) / (looks * L * H)
+                decision = _decide(estimate(masks_all, metric_all, prompt_all, p, regime,
+                                            corrected), claimed, top)
             if decision != "undecided" or target >= budget:
                 break
             target = min(2 * target, budget)
@@ -479,6 +493,7 @@ def stochastic_ablation(
     return StochasticAblation(effects.get("importance"), effects.get("exclusion"), raw, m.name,
                               values.describe(), seed, trials, decision,
                               {"looks": looks, "claimed": [list(h) for h in claimed], "top": top,
+                               "stable_top": stable_top,
                                "trial": trial, "model": _model_meta(model), "executor": ex.name,
                                "ends": {"all ablated": ends[0], "full": ends[1]},
                                **({"calibration": {"regimes": calibration,
@@ -494,61 +509,6 @@ def _model_meta(model: Any) -> dict[str, Any]:
     name = getattr(model, "cc_name", None) or getattr(cfg, "model_name", "") or ""
     return {"name": str(name), "shape": [int(cfg.n_layers), int(cfg.n_heads),
                                          int(cfg.d_model), int(cfg.n_ctx)]}
-
-
-#: Where a calibrated regime's mean metric sits, as a fraction of the way from every head
-#: ablated to the full model.
-TARGETS = {"importance": 0.3, "exclusion": 0.7}
-
-
-def _ends(model: Any, enc: Any, values: Any, m: Any, batch_size: int | None
-          ) -> tuple[float, float]:
-    """(every head ablated, full model) mean metric over the task's prompts."""
-    import torch
-
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    masks = torch.stack([torch.zeros(L, H, dtype=torch.bool), torch.ones(L, H, dtype=torch.bool)])
-    out = m(run_variants(model, enc, Variants(masks), values, batch_size=batch_size,
-                         reads=m.reads or None))  # [2, N]
-    return float(out[0].mean()), float(out[1].mean())
-
-
-def calibrate(model: Any, enc: Any, values: Any, m: Any, target_frac: float,
-              ends: tuple[float, float], *, seed: int = 0, trials: int = 64, steps: int = 6,
-              batch_size: int | None = None) -> tuple[float, dict[str, Any]]:
-    """The keep probability at which the mean metric is ``target_frac`` of the way from every
-    head ablated (``ends[0]``) to the full model (``ends[1]``), by bisection over (0.02, 0.98).
-
-    Every probe uses the same ``trials`` uniform draws and prompts (common random numbers), so
-    the probed mean rises with the keep probability without sampling noise between probes.
-    Returns (keep_prob, {"target", "measured", "probes": [[p, mean], ...], "keep_prob"}).
-    """
-    import torch
-
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    r0, r1 = ends
-    target = r0 + target_frac * (r1 - r0)
-    gen = torch.Generator().manual_seed(seed + int(1000 * target_frac))
-    u = torch.rand(trials, L, H, generator=gen)
-    prompt = torch.randint(0, enc.n, (trials,), generator=gen)
-    lo, hi = 0.02, 0.98
-    probes: list[list[float]] = []
-    best = (float("inf"), 0.5, float("nan"))
-    for _ in range(steps):
-        p = (lo + hi) / 2
-        out = m(run_variants(model, enc, Variants(u < p), values, prompt_of=prompt,
-                             batch_size=batch_size, reads=m.reads or None))[:, 0]
-        mean = float(out.mean())
-        probes.append([p, mean])
-        if abs(mean - target) < best[0]:
-            best = (abs(mean - target), p, mean)
-        if (mean < target) == (r1 >= r0):
-            lo = p
-        else:
-            hi = p
-    _, p, mean = best
-    return p, {"keep_prob": p, "target": target, "target_frac": target_frac,
-               "measured": mean, "probes": probes, "trials_per_probe": trials}
 
 
 def _progress(enabled: Any, total: int) -> Any:
