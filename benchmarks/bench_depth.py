@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import circuitcheck as cc
-from _common import forward_flops, matmul_rate, notebook_hook
+from _common import forward_flops, gpt2_shaped, interleaved, matmul_rate, notebook_hook
 from circuitcheck.measures import patching as P
 from circuitcheck.measures._patching_base import _setup
 from circuitcheck.measures.path_patching import _path_rows
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--tl-cells", type=int, default=27,
                     help="heads transformer_lens.patching is timed on (--full; extrapolated)")
     ap.add_argument("--skip", default="",
-                    help="comma list of parts to skip: mc,grid,path,seed000")
+                    help="comma list of parts to skip: mc,grid,path,seed000,depth")
     ap.add_argument("--loop-masks", type=int, default=3,
                     help="masks the notebook loop is timed on (seed000; extrapolated)")
     args = ap.parse_args()
@@ -75,6 +75,8 @@ def main() -> None:
                           for l, h in auto.importance.ranking()[:5]) + "\n")
     if "seed000" not in skip:
         seed000(model, args.loop_masks)
+    if "depth" not in skip:
+        depth(model, args.device)
     if "grid" not in skip:
         print("### IOI head grid (z, denoising, logit difference)\n")
         att, t_att = timed(lambda: P.attribution_patch_heads(model, task))
@@ -118,9 +120,16 @@ def main() -> None:
         cm, km = s.metric(c), s.metric(k)
         want = (old.reshape(L, H, -1).mean(-1) - cm.mean()) / (cm.mean() - km.mean())
         print(f"| senders computed | wall (s) |\n|---|---:|\n| all {L * H} (old) | {t_old:.1f} |"
-              f"\n| {max(l for l, _ in recv) * H} below the last receiver | {t_skip:.1f} |\n")
+              f"\n| {max(l for l, _ in recv) * H} below the last receiver | {t_skip:.1f} |")
+        senders = [(l, h) for l in range(0, max(l for l, _ in recv), 4) for h in (0, 4)]
+        loop, t_loop = timed(lambda: path_loop(model, small, senders, recv))
+        t_loop_all = t_loop * max(l for l, _ in recv) * H / len(senders)
+        print(f"| one forward pair per sender (the notebook's two-step loop; timed on "
+              f"{len(senders)} senders, extrapolated) | {t_loop_all:.1f} |\n")
         print(f"{len(small.prompts)} prompts; max |skip - full| = "
-              f"{np.abs(grid.values - want).max():.2e}; speed-up {t_old / t_skip:.2f}x")
+              f"{np.abs(grid.values - want).max():.2e}; max |cc - loop| on its senders "
+              f"{max(abs(grid.values[s] - v) for s, v in zip(senders, loop)):.2e}; speed-up "
+              f"{t_old / t_skip:.2f}x vs all senders, {t_loop_all / t_skip:.1f}x vs the loop")
         sv, t_v = timed(lambda: P.path_patch(model, small, [(l, h) for l in range(L - 8)
                                                             for h in range(H)][:9], recv,
                                              receiver_input="v", positions=None,
@@ -156,6 +165,85 @@ def tl_patching(model, task, n_cells: int):
             model, enc.corrupted.to(dev), cache, lambda lo: torch.tensor((ld(lo) - k) / (c - k)),
             index_axis_names=None, index_df=pd.DataFrame(cells, columns=["layer", "head"]))
     return cells, out.flatten().tolist()
+
+
+def path_loop(model, task, senders, receivers):
+    """The notebook's path patching, one sender at a time: (1) the clean prompts with every
+    head's z frozen at its clean value except the sender's, taken from the corrupted run,
+    recording the receivers' queries; (2) the clean prompts with those queries at each
+    prompt's last token. Normalised as circuitcheck's grid."""
+    L = model.cfg.n_layers
+    enc = task.encode(model)
+    dev = model.cfg.device
+    n = torch.arange(enc.n)
+    last = torch.as_tensor(enc.lengths) - 1
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+
+    def ld(logits):
+        lo = logits[n, last].float().cpu()
+        return float((lo[n, enc.answers] - lo[n, enc.wrong]).mean())
+
+    out = []
+    with torch.inference_mode():
+        c_logits, clean = model.run_with_cache(enc.tokens.to(dev), names_filter=names)
+        k_logits, corr = model.run_with_cache(enc.corrupted.to(dev), names_filter=names)
+        c, k = ld(c_logits), ld(k_logits)
+        for sl, sh in senders:
+            def frozen(z, hook):
+                layer = int(hook.name.split(".")[1])
+                z = clean[hook.name].clone()
+                if layer == sl:
+                    z[:, :, sh] = corr[hook.name][:, :, sh]
+                return z
+            q: dict = {}
+
+            def grab(x, hook):
+                q[hook.name] = x.clone()
+            rl = sorted({l for l, _ in receivers})
+            model.run_with_hooks(enc.tokens.to(dev), fwd_hooks=[(nm, frozen) for nm in names]
+                                 + [(f"blocks.{l}.attn.hook_q", grab) for l in rl])
+
+            def put(x, hook):
+                x = x.clone()
+                layer = int(hook.name.split(".")[1])
+                for l, h in receivers:
+                    if l == layer:
+                        x[n, last, h] = q[hook.name][n, last, h]
+                return x
+            v = ld(model.run_with_hooks(enc.tokens.to(dev),
+                                        fwd_hooks=[(f"blocks.{l}.attn.hook_q", put) for l in rl]))
+            out.append((v - c) / (c - k))
+    return out
+
+
+def depth(smollm, device: str) -> None:
+    """How a Monte-Carlo trial's cost grows with depth: the batched forward (run_variants,
+    384 masks over 32 induction prompts of 10 random tokens, top-1 read at the last token) on
+    the zoo's 2-layer models, a GPT-2-shaped 4-layer model and SmolLM2's 30 layers, each
+    against its own FLOP limit (interleaved with the matmul-rate probe)."""
+    from circuitcheck.interventions import Variants, ablation_values, run_variants
+
+    print("### Cost with depth: one Monte-Carlo trial (batched forward, 384 masks)\n")
+    print("| model | layers x heads | d_model | ms per trial | ms per trial per layer | "
+          "share of the FLOP limit |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, model in (("zoo:planted", cc.load_model("zoo:planted", device=device)),
+                         ("zoo:induction-2l", cc.load_model("zoo:induction-2l", device=device)),
+                         ("GPT-2-shaped (random)", cc.load_model(gpt2_shaped(4), device=device)),
+                         ("SmolLM2-135M", smollm)):
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        enc = cc.tasks.induction(model, n=32, seq_len=10, seed=0).encode(model)
+        masks = torch.rand(384, L, H, generator=torch.Generator().manual_seed(0)) < 0.5
+        prompt_of = torch.arange(384) % enc.n
+        mean = ablation_values(model, enc, "mean")
+        med, rate = interleaved({"fwd": lambda: run_variants(
+            model, enc, Variants(masks), mean, prompt_of=prompt_of, reads=("correct",))},
+            device, repeats=3)
+        t = med["fwd"] / 384
+        limit = forward_flops(model, float(enc.lengths.float().mean()), read_positions=1) / rate
+        print(f"| {label} | {L} x {H} | {model.cfg.d_model} | {t * 1e3:.2f} | "
+              f"{t * 1e3 / L:.3f} | {limit / t:.0%} |")
+    print()
 
 
 NOTEBOOK_MASKS = 2 * 10_000  # seed 000: 10,000 masks per regime, each over every prompt
