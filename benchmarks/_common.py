@@ -85,7 +85,10 @@ def forward_flops(model: Any, tokens: int, read_positions: int | None = None) ->
     cfg = model.cfg
     d, L = cfg.d_model, cfg.n_layers
     d_mlp = getattr(cfg, "d_mlp", None) or 4 * d
-    per_token_layer = 2 * (4 * d * d + 2 * d * d_mlp)  # qkv + out, mlp in + out
+    d_attn = cfg.n_heads * cfg.d_head
+    d_kv = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head  # GQA: k, v
+    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * d * d_mlp  # gate, in, out
+    per_token_layer = 2 * (2 * d * d_attn + 2 * d * d_kv + mlp)  # q, out, k, v; the MLP
     unembed = 2 * d * cfg.d_vocab * (tokens if read_positions is None else read_positions)
     return L * per_token_layer * tokens + unembed
 

