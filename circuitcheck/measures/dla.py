@@ -12,7 +12,7 @@ from .._devicemap import weights_loaded
 from ..circuit import parse_head
 from ..errors import CircuitCheckError
 from ..interventions.patching import cache_run
-from ..models import rounding_tolerance
+from ..models import compute_dtype, rounding_tolerance
 from ..tasks import Task
 from ._measurement import Measurement
 from ._result import ResultProtocol, head_table, jsonable, nan_like
@@ -125,7 +125,8 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
               for n, a in acts.items()}
     with weights_loaded(model):  # offloaded layers' weights in
         w, b = _final_norm_affine(model, at_end,
-                                  rounding_tolerance(acts["ln_final.hook_out"].dtype))
+                                  rounding_tolerance(compute_dtype(model, acts[
+                                      "ln_final.hook_out"].dtype)))
         W_U = model.W_U.detach().double().to(dev)
         b_U = _b_U(model).to(dev)
         W_O = model.W_O.detach().double().to(dev)  # [L, H, D, d]
@@ -154,7 +155,7 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     total = per_head.sum((0, 1)) + sum(components.values())
     out = DirectLogitAttribution(per_head.mean(-1), per_head, components, ld, total)
     if check:
-        rel = rounding_tolerance(acts["ln_final.hook_in"].dtype)
+        rel = rounding_tolerance(compute_dtype(model, acts["ln_final.hook_in"].dtype))
         tol = rel * max(1.0, float(np.abs(ld).max()))
         resid = at_end["ln_final.hook_in"] - at_end["blocks.0.hook_resid_pre"] - sum(
             at_end[f"blocks.{l}.hook_attn_out"] + at_end[f"blocks.{l}.hook_mlp_out"]
