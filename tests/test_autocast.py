@@ -127,3 +127,49 @@ def test_device_types_follow_a_device_map():
 
     assert device_types(model("cpu")) == ("cpu",)
     assert device_types(model("cuda:0", {"a": 0, "b": "cuda:1", "c": "disk"})) == ("cpu", "cuda")
+
+
+def test_yaml_autocast_key_is_read_and_checked_before_any_model(tmp_path):
+    from circuitcheck.claimfile import read_claim_file
+
+    head = "model: zoo:planted\ntask: {builder: induction, n: 8}\n"
+    claim = "claims:\n  - name: a\n    expect: {head_scores: {induction: {heads: ['1.1']}}}\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "autocast: bf16\n" + claim)
+    assert read_claim_file(good).claims[0].autocast == "bfloat16"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(head + "autocast: int8\n" + claim)
+    (error,) = [e[2] for e in read_claim_file(bad).errors]
+    assert "bad.yaml:3: autocast 'int8' is not a mixed-precision dtype" in error, error
+
+
+def test_plugin_autocast_options(pytester):
+    """Bad values are usage errors before torch loads; a claim file's ``autocast:`` runs, and
+    with an impossibly tight ``--cc-autocast-tolerance`` the summary says it stepped aside."""
+    for args, message in [
+            (("--cc-autocast", "int8"), "*--cc-autocast: autocast 'int8' is not a mixed*"),
+            (("--cc-autocast", "bf16", "--cc-dtype", "float16"),
+             "*--cc-autocast bfloat16 runs float32 weights' matmuls*--cc-dtype float16*"),
+            (("--cc-autocast", "bf16", "--cc-autocast-tolerance", "-1"),
+             "*autocast_tolerance must be a finite number > 0*")]:
+        bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+        assert bad.ret == 4, (args, bad.stderr.str())
+        bad.stderr.fnmatch_lines([message])
+    circuits = pytester.path / "circuits"
+    circuits.mkdir()
+    (circuits / "c.yaml").write_text(
+        "model: zoo:planted\ntask: {builder: induction, n: 16, seq_len: 10, seed: 0}\n"
+        "autocast: bfloat16\n"
+        "circuit: {groups: {prev: ['0.2'], ind: ['1.1']}}\nclaims:\n  - name: mixed\n"
+        "    expect: {faithfulness: {at_least: 0.8, ablation: mean, metric: logit_diff}}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "circuits", "-q",
+                                           "--cc-autocast-tolerance", "1e-9",
+                                           "--cc-report", "out")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*HELD*mixed: faithfulness*",
+                                 "circuitcheck: autocast bfloat16 not used*tolerance 1e-09*"])
+    import json
+
+    doc = json.loads((pytester.path / "out" / "results.json").read_text())
+    (claim,) = doc["claims"]
+    assert "not used" in claim["measurement"]["autocast"]

@@ -190,3 +190,58 @@ def test_read_only_analyses_on_a_sharded_model_match_the_unsharded(name):
     # and the offloaded weights went back out: the map still holds them as placeholders
     assert any(p.device.type == "meta" for p in sharded.original_model.parameters())
 
+
+class _Config:
+    """A stand-in for pytest's config: options by name (the option checks read no more)."""
+
+    def __init__(self, **options):
+        self.options = {"--cc-device-map": None, "--cc-max-memory": None, "--cc-model": None,
+                        "--cc-prepend-bos": None, "--cc-dtype": "float32", "--cc-device": "auto",
+                        "--cc-autocast": None, "--cc-autocast-tolerance": None, **options}
+
+    def getoption(self, name):
+        return self.options[name]
+
+
+def test_cc_max_memory_is_checked_up_front_and_needs_a_device_map():
+    from circuitcheck._plugin_options import check_max_memory
+
+    check_max_memory(_Config())
+    check_max_memory(_Config(**{"--cc-device-map": "auto", "--cc-max-memory": '{"0": "20GiB"}'}))
+    for options, message in [
+            ({"--cc-device-map": "auto", "--cc-max-memory": '{"0": "lots"}'},
+             r"--cc-max-memory: max_memory\['0'\] = 'lots' is not a size"),
+            ({"--cc-device-map": "auto", "--cc-max-memory": "{0: 1}"}, "is not valid JSON"),
+            ({"--cc-max-memory": '{"cpu": "1GiB"}'},
+             "only applies with a device map: pass --cc-device-map too")]:
+        with pytest.raises(pytest.UsageError, match=message):
+            check_max_memory(_Config(**options))
+
+
+def test_command_line_placement_overrides_the_claims(monkeypatch):
+    """``--cc-device-map`` with ``--cc-max-memory`` replace a claim's ``device_map`` /
+    ``max_memory``; without them the claim's own are used."""
+    import circuitcheck.models
+    from circuitcheck import _claims
+    from circuitcheck.plugin import _load
+
+    calls = []
+    monkeypatch.setattr(circuitcheck.models, "load_model",
+                        lambda name, **kw: calls.append(kw) or object())
+    _claims.set_current_test("t")
+    _load(_Config(), "zoo:planted", None, None, "auto", {0: "1GiB"})
+    _load(_Config(**{"--cc-device-map": "balanced", "--cc-max-memory": '{"0": "2GiB"}'}),
+          "zoo:planted", None, None, "auto", {0: "1GiB"})
+    _load(_Config(**{"--cc-device-map": "balanced"}), "zoo:planted", None, None, "auto",
+          {0: "1GiB"})
+    assert [(c["device_map"], c["max_memory"]) for c in calls] == [
+        ("auto", {0: "1GiB"}), ("balanced", '{"0": "2GiB"}'), ("balanced", {0: "1GiB"})]
+    assert not any("autocast" in c for c in calls)
+
+
+def test_plugin_refuses_a_bad_cc_max_memory_before_torch(pytester):
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-max-memory",
+                                        '{"cpu": "1GiB"}')
+    assert bad.ret == 4
+    bad.stderr.fnmatch_lines(["*--cc-max-memory only applies with a device map*"])
