@@ -60,7 +60,8 @@ _DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
 def check_model_options(config: pytest.Config) -> None:
     """``--cc-device`` / ``--cc-device-map`` / ``--cc-max-memory`` / ``--cc-dtype`` /
     ``--cc-autocast`` / ``--cc-executor`` / ``--cc-tolerance`` checked up front (without
-    torch); ``--cc-executor`` becomes what ``executor=None`` means."""
+    torch); ``--cc-executor`` becomes what ``executor=None`` means (on an xdist worker with a
+    bare ``ray``: the controller's one cluster, ``circuitcheck._raycluster``)."""
 
     device = str(config.getoption("--cc-device"))
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
@@ -81,12 +82,12 @@ def check_model_options(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--cc-dtype {dtype!r} is not supported; use one of "
                                 "float32, bfloat16, float16 (or float64)")
     check_autocast(config)
-    from . import executors
+    from . import _raycluster, executors
     from .errors import CircuitCheckError
 
     try:  # torch- and Ray-free: only whether the name is one and Ray is installed
         config.stash[PREVIOUS_EXECUTOR] = executors.default()
-        executors.set_default(config.getoption("--cc-executor"))
+        executors.set_default(_raycluster.executor_spec(config))
     except CircuitCheckError as exc:
         raise pytest.UsageError(str(exc)) from None
     tol = config.getoption("--cc-tolerance")

@@ -4,8 +4,8 @@ Registered through the ``pytest11`` entry point, so it is imported on every pyte
 environment: it stays thin and never imports torch until a test asks for a model.
 
 - ``--cc-model``, ``--cc-device``, ``--cc-device-map``, ``--cc-max-memory``, ``--cc-dtype``,
-  ``--cc-autocast``, ``--cc-prepend-bos``, ``--cc-seed``, ``--cc-executor ray[:ADDRESS]``,
-  ``--cc-report DIR``
+  ``--cc-autocast``, ``--cc-prepend-bos``, ``--cc-seed``, ``--cc-executor ray[:ADDRESS]``
+  (under xdist a bare ``ray`` is one cluster the controller starts), ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from . import _claims, _settings
+from . import _claims, _raycluster, _settings
 from ._claimpaths import named_on_command_line, stray_claim_files
 from ._plugin_options import PREVIOUS_EXECUTOR, check_model_options, check_output_paths
 
@@ -59,8 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seed for bootstraps and sampling (default 0)")
     group.addoption("--cc-executor", default=None, metavar="EXECUTOR",
                     help="where Monte-Carlo trials and sweeps run: local (default), ray (a "
-                         "local Ray cluster, or RAY_ADDRESS) or ray:ADDRESS; needs "
-                         "pip install 'circuitcheck[ray]'")
+                         "local Ray cluster, one for all xdist workers, or RAY_ADDRESS) or "
+                         "ray:ADDRESS; needs pip install 'circuitcheck[ray]'")
     group.addoption("--cc-report", default=None, metavar="DIR",
                     help="write results.json and index.html about the claims to DIR")
     group.addoption("--cc-baseline", default=None, metavar="JSON",
@@ -105,7 +105,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: a bare ``--cc-executor ray`` is one shared cluster."""
+    _raycluster.configure_node(node)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _raycluster.shutdown(config)
     _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
     if PREVIOUS_EXECUTOR in config.stash:
         from . import executors
