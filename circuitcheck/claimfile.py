@@ -34,7 +34,10 @@ take an edge circuit; the others are refused before any model loads.
 
 ``device_map:`` (``auto``, ``balanced``, ``sequential`` or ``{module: device}``) and
 ``max_memory:`` (``{0: 20GiB, cpu: 64GiB}``), at the top or in a claim, shard the model over
-devices (``load_model(device_map=...)``); ``--cc-device-map`` overrides them.
+devices (``load_model(device_map=...)``); ``--cc-device-map`` overrides them. ``autocast:``
+(``bfloat16`` or ``float16``) runs the model's forwards under ``torch.autocast`` over float32
+weights where a load-time probe finds it exact enough (``load_model(autocast=...)``);
+``--cc-autocast`` overrides it.
 """
 from __future__ import annotations
 
@@ -50,10 +53,10 @@ from .claimkinds import run as run_kind
 from .claimkinds import validate as validate_kind
 from .errors import CircuitCheckError, ClaimFileError, did_you_mean
 
-FILE_KEYS = ("model", "revision", "prepend_bos", "device_map", "max_memory", "task", "circuit",
-             "claims", "source", "description")
-CLAIM_KEYS = ("name", "model", "revision", "prepend_bos", "device_map", "max_memory", "task",
-              "circuit", "expect", "description", "source")
+FILE_KEYS = ("model", "revision", "prepend_bos", "device_map", "max_memory", "autocast", "task",
+             "circuit", "claims", "source", "description")
+CLAIM_KEYS = ("name", "model", "revision", "prepend_bos", "device_map", "max_memory", "autocast",
+              "task", "circuit", "expect", "description", "source")
 # The schema of ``expect`` comes from the claim registry (``circuitcheck.claimkinds``): one
 # declaration per kind gives its keys, their types, what is required and what it needs.
 EXPECT_KEYS = {name: kind.keys for name, kind in KINDS.items()}
@@ -176,6 +179,7 @@ class Claim:
     prepend_bos: bool | None = None  # None: the model's tokenizer convention
     device_map: Any = None  # a sharded model: a strategy name or {module: device}
     max_memory: Any = None  # the dispatcher's per-device budget, with a device_map
+    autocast: str | None = None  # forwards under torch.autocast in this dtype (probe-checked)
 
 
 @dataclass(frozen=True)
@@ -419,13 +423,16 @@ def read_claim_file(path: str | Path) -> ClaimFile:
 _TASKS: dict[tuple[int, str], Any] = {}
 
 
-def _placement(path: Path, raw: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Any, Any]:
-    """The claim's ``device_map`` / ``max_memory`` (its own, else the file's), checked
-    without torch (``circuitcheck._devicemap``); an error names the file and line."""
+def _placement(path: Path, raw: Mapping[str, Any],
+               data: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """The claim's ``device_map`` / ``max_memory`` / ``autocast`` (its own, else the file's),
+    checked without torch (``_devicemap``, ``_autocast``); an error names the file and line."""
+    from ._autocast import parse_autocast
     from ._devicemap import parse_device_map, parse_max_memory
 
     out = []
-    for key, parse in (("device_map", parse_device_map), ("max_memory", parse_max_memory)):
+    for key, parse in (("device_map", parse_device_map), ("max_memory", parse_max_memory),
+                       ("autocast", parse_autocast)):
         node = raw if key in raw else data
         try:
             out.append(parse(node.get(key)))
@@ -435,7 +442,7 @@ def _placement(path: Path, raw: Mapping[str, Any], data: Mapping[str, Any]) -> t
         node = raw if "max_memory" in raw else data
         raise ClaimFileError(f"{_where(path, node, 'max_memory')}: max_memory only applies "
                              "with a device_map; add 'device_map: auto' (or a mapping)")
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def build_task(model: Any, spec: Mapping[str, Any]) -> Any:

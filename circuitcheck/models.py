@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
 
 ZOO_PREFIX = "zoo:"
-_CACHE: dict[tuple[str, str, str, str | None, bool | None], Any] = {}
+_CACHE: dict[tuple[str, str, str, str | None, bool | None, str | None, float], Any] = {}
 #: Hub models found unavailable in this process: asked again, they fail at once.
 _UNAVAILABLE: dict[tuple[str, str | None], str] = {}
 
@@ -163,6 +163,8 @@ def load_model(
     prepend_bos: bool | None = None,
     device_map: "str | dict[str, str | int] | None" = None,
     max_memory: "dict[str | int, str | int] | None" = None,
+    autocast: "str | torch.dtype | None" = None,
+    autocast_tolerance: float | None = None,
 ) -> "TransformerBridge":
     """Load a causal LM as a TransformerBridge in compatibility mode, once per process.
 
@@ -175,12 +177,29 @@ def load_model(
     device) and ``max_memory`` split the model over several devices through the Bridge's own
     accelerate dispatch (``circuitcheck._devicemap``); ``device`` must then stay ``"auto"``.
     A map that keeps modules on the CPU or disk loads unprocessed (the Bridge cannot fold
-    weights it has offloaded). Later calls with the same arguments return the same object. The
-    model gets ``fastpath``'s fused kernels for intermediates no hook watches, kept only if
-    its predictions on a probe sequence do not move.
+    weights it has offloaded). ``autocast="bfloat16"`` / ``"float16"`` keeps float32 weights
+    and runs every forward under ``torch.autocast`` (``circuitcheck._autocast``) if a probe
+    finds the logits' relative error within ``autocast_tolerance`` (default: eight units in
+    the last place, bf16 0.0625, fp16 0.0078); else it steps aside to float32 and
+    ``model.cc_autocast_note`` says why. Later calls with the
+    same arguments return the same object. The model gets ``fastpath``'s fused kernels for
+    intermediates no hook watches, kept only if its predictions on a probe sequence do not move.
     """
     dt = resolve_dtype(dtype)
-    from . import _devicemap
+    from . import _autocast, _devicemap
+
+    mixed = _autocast.parse_autocast(autocast)
+    if mixed is None and autocast_tolerance is not None:
+        raise ValueError("autocast_tolerance only applies with autocast; pass "
+                         "autocast='bfloat16' (or 'float16') too")
+    tolerance = _autocast.parse_tolerance(autocast_tolerance)
+    if mixed is not None and tolerance is None:
+        tolerance = _autocast.default_tolerance(mixed)
+    if mixed is not None and str(dt) != "torch.float32":
+        raise ValueError(f"autocast={mixed!r} runs float32 weights' matmuls in {mixed}, but "
+                         f"dtype={str(dt).removeprefix('torch.')!r} stores them in another dtype "
+                         "(autocast lowers float32 only); pass dtype='float32' (the default) "
+                         "with autocast, or drop autocast")
 
     dmap = _devicemap.parse_device_map(device_map)
     mem = _devicemap.parse_max_memory(max_memory)
@@ -202,7 +221,7 @@ def load_model(
         raise ValueError(f"prepend_bos must be True, False or None (the tokenizer's own "
                          f"convention), not {prepend_bos!r}")
     key = (source, dev if dmap is None else _devicemap.cache_key(dmap, mem), str(dt),
-           revision, prepend_bos)
+           revision, prepend_bos, mixed, tolerance if mixed else 0.0)
     if key in _CACHE:
         return _CACHE[key]
     from transformer_lens.model_bridge import TransformerBridge
@@ -273,6 +292,10 @@ def load_model(
     if dmap is not None:
         bridge.cc_load_spec.update(device=None, device_map=device_map, max_memory=max_memory)
     bridge.cc_device_map = dict(hf_map) if hf_map else None  # where each module went
+    bridge.cc_autocast, bridge.cc_autocast_note = None, None
+    if mixed is not None:
+        bridge.cc_load_spec.update(autocast=mixed, autocast_tolerance=autocast_tolerance)
+        _autocast.install(bridge, mixed, tolerance)
     _CACHE[key] = bridge
     return bridge
 
@@ -341,6 +364,15 @@ def rounding_tolerance(dtype: "torch.dtype") -> float:
     import torch
 
     return max(1e-3, 8 * float(torch.finfo(dtype).eps)) if dtype.is_floating_point else 1e-3
+
+
+def compute_dtype(model: Any, dtype: "torch.dtype") -> "torch.dtype":
+    """The precision values of ``dtype`` read from ``model`` were computed in: the autocast
+    dtype when autocast runs the model (its matmuls round there), else ``dtype`` itself."""
+    import torch
+
+    mixed = getattr(model, "__dict__", {}).get("cc_autocast")
+    return getattr(torch, mixed) if mixed else dtype
 
 
 def clear_cache() -> None:

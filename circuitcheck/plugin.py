@@ -3,8 +3,9 @@
 Registered through the ``pytest11`` entry point, so it is imported on every pytest run in the
 environment: it stays thin and never imports torch until a test asks for a model.
 
-- ``--cc-model``, ``--cc-device``, ``--cc-device-map``, ``--cc-dtype``, ``--cc-prepend-bos``,
-  ``--cc-seed``, ``--cc-executor ray[:ADDRESS]``, ``--cc-report DIR``
+- ``--cc-model``, ``--cc-device``, ``--cc-device-map``, ``--cc-max-memory``, ``--cc-dtype``,
+  ``--cc-autocast``, ``--cc-prepend-bos``, ``--cc-seed``, ``--cc-executor ray[:ADDRESS]``
+  (under xdist a bare ``ray`` is one cluster the controller starts), ``--cc-report DIR``
 - ``@pytest.mark.circuitcheck_model("zoo:planted")`` names the model a test's ``cc_model``
   fixture loads (once per process; ``--cc-model`` overrides it)
 - YAML claim files under a ``circuits/`` directory are collected, one item per claim
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from . import _claims, _settings
+from . import _claims, _raycluster, _settings
 from ._claimpaths import named_on_command_line, stray_claim_files
 from ._plugin_options import PREVIOUS_EXECUTOR, check_model_options, check_output_paths
 
@@ -38,8 +39,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cc-device-map", default=None, metavar="MAP",
                     help="split each model over devices: auto, balanced, sequential or a JSON "
                          "object {module: device} (overrides YAML device_map)")
+    group.addoption("--cc-max-memory", default=None, metavar="JSON",
+                    help="memory budget per device for --cc-device-map, a JSON object such as "
+                         "'{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}' (overrides YAML max_memory)")
     group.addoption("--cc-dtype", default="float32", metavar="DTYPE",
                     help="dtype for models: float32 (default), bfloat16, float16")
+    group.addoption("--cc-autocast", default=None, metavar="DTYPE",
+                    help="float32 weights, forward passes under torch.autocast in bfloat16 or "
+                         "float16, if a load-time probe finds it exact enough (else float32, "
+                         "with a note); 'off' or a dtype overrides YAML autocast")
+    group.addoption("--cc-autocast-tolerance", default=None, type=float, metavar="X",
+                    help="the autocast probe's largest allowed relative logit error (default "
+                         "8 units in the last place: bfloat16 0.0625, float16 0.0078), for "
+                         "--cc-autocast and YAML autocast")
     group.addoption("--cc-prepend-bos", default=None, choices=("on", "off", "tokenizer"),
                     help="start token: 'tokenizer' (default: BOS only where the model's HF "
                          "tokenizer adds it), 'on' or 'off' (overrides YAML prepend_bos)")
@@ -47,8 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seed for bootstraps and sampling (default 0)")
     group.addoption("--cc-executor", default=None, metavar="EXECUTOR",
                     help="where Monte-Carlo trials and sweeps run: local (default), ray (a "
-                         "local Ray cluster, or RAY_ADDRESS) or ray:ADDRESS; needs "
-                         "pip install 'circuitcheck[ray]'")
+                         "local Ray cluster, one for all xdist workers, or RAY_ADDRESS) or "
+                         "ray:ADDRESS; needs pip install 'circuitcheck[ray]'")
     group.addoption("--cc-report", default=None, metavar="DIR",
                     help="write results.json and index.html about the claims to DIR")
     group.addoption("--cc-baseline", default=None, metavar="JSON",
@@ -93,7 +105,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Collector(), "circuitcheck-collector")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: a bare ``--cc-executor ray`` is one shared cluster."""
+    _raycluster.configure_node(node)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _raycluster.shutdown(config)
     _settings.set_seed(config.stash.get(_PREVIOUS_SEED, 0))
     if PREVIOUS_EXECUTOR in config.stash:
         from . import executors
@@ -167,7 +186,10 @@ def _provenance(config: pytest.Config, results: list[dict[str, Any]]) -> dict[st
                 h.update(f.name.encode())
                 h.update(f.read_bytes())
         models[name] = "files sha256:" + h.hexdigest()[:16]
+    autocast = sorted({str(r["measurement"]["autocast"]) for r in results
+                       if r["measurement"].get("autocast")})
     return {"models": models, "dtype": str(config.getoption("--cc-dtype")),
+            **({"autocast": autocast} if autocast else {}),
             "device_kind": device.split(":")[0], "versions": {
                 k: v for k, v in _versions().items() if k != "pytest"},
             "seed": config.getoption("--cc-seed"),
@@ -196,8 +218,10 @@ def worker_device(config: pytest.Config, n_gpus: int | None = None) -> str:
 
 
 def _load(config: pytest.Config, name: str, revision: str | None,
-          prepend_bos: bool | None = None, device_map: Any = None, max_memory: Any = None) -> Any:
-    """Load (once per process) or skip with one line when a hub model is not available."""
+          prepend_bos: bool | None = None, device_map: Any = None, max_memory: Any = None,
+          autocast: str | None = None) -> Any:
+    """Load (once per process) or skip with one line when a hub model is not available.
+    The command line's placement, dtype and autocast override the claim's."""
     from .errors import ModelUnavailableError
     from .models import load_model
 
@@ -205,14 +229,26 @@ def _load(config: pytest.Config, name: str, revision: str | None,
     option = config.getoption("--cc-prepend-bos")
     if option is not None:
         prepend_bos = {"on": True, "off": False, "tokenizer": None}[option]
-    device_map = config.getoption("--cc-device-map") or device_map
+    if config.getoption("--cc-device-map"):
+        device_map = config.getoption("--cc-device-map")
+        max_memory = config.getoption("--cc-max-memory") or max_memory
     place = {"device": worker_device(config)} if device_map is None else {
         "device_map": device_map, "max_memory": max_memory}
+    if config.getoption("--cc-autocast") is not None:  # "off" overrides a claim's too
+        from ._autocast import parse_autocast
+
+        autocast = parse_autocast(config.getoption("--cc-autocast"))
+    if autocast:
+        place.update(autocast=autocast,
+                     autocast_tolerance=config.getoption("--cc-autocast-tolerance"))
     try:
-        return load_model(name, prepend_bos=prepend_bos, dtype=config.getoption("--cc-dtype"),
-                          revision=revision, **place)
+        model = load_model(name, prepend_bos=prepend_bos, dtype=config.getoption("--cc-dtype"),
+                           revision=revision, **place)
     except ModelUnavailableError as exc:
         pytest.skip(f"model {name!r} is not available here: {str(exc).split('. Fix: ')[-1]}")
+    if autocast:  # every claim of the test says whether autocast ran, and why not
+        _claims.add_stamp(autocast=model.cc_autocast_note)
+    return model
 
 
 @pytest.fixture
@@ -283,7 +319,8 @@ class ClaimItem(pytest.Item):
         from .claimfile import run_claim
 
         c = self.claim
-        model = _load(self.config, c.model, c.revision, c.prepend_bos, c.device_map, c.max_memory)
+        model = _load(self.config, c.model, c.revision, c.prepend_bos, c.device_map, c.max_memory,
+                      c.autocast)
         failures = run_claim(self.claim, model)
         if failures:
             raise ClaimFailed("\n\n".join(failures))
@@ -443,6 +480,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if r.get("warning"):
                 tr.write_line(f"{'WARNING':>12}  {str(r['warning'])[:300]}")
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+        for note in sorted({str(r["measurement"].get("autocast")) for r in results
+                            if "not used" in str(r["measurement"].get("autocast"))}):
+            tr.write_line(f"circuitcheck: {note}")
     if hasattr(config, "workerinput"):
         return  # xdist workers: the controller writes the one merged report
     partial = collector.partial(config, int(exitstatus))

@@ -120,3 +120,128 @@ def test_plugin_runs_a_claim_on_a_sharded_model_and_refuses_a_bad_map(pytester):
                                         "--cc-device-map", '{"": "meta"}')
     assert bad.ret == 4  # a usage error, before anything loads
     bad.stderr.fnmatch_lines(["*--cc-device-map: device_map[[]''[]] = 'meta'*meta holds no weights*"])
+
+
+def _analyses(model):
+    """The read-only analyses, as numbers: attention scores (generic and on the task's
+    prompts), attention to positions (plain and value-weighted), OV eigenvalue scores (of
+    W_V W_O and of the full circuit), the logit lens and direct logit attribution (every head
+    and component); then, apart, what ranks logits: OV copying's top-k rates and the lens'
+    final-stage ranks (earlier stages of these zoo models decode to tied logits, whose order
+    is rounding noise)."""
+    import numpy as np
+
+    import circuitcheck as cc
+    from circuitcheck.measures.attention_positions import task_head_scores
+
+    task = cc.tasks.induction(model, n=12, seq_len=8, seed=1)
+    parts = [cc.head_scores(model, kind, n=6, seq_len=8).values
+             for kind in ("previous_token", "induction")]
+    parts.append(task_head_scores(model, task, "induction").values)
+    for weighted in (False, True):
+        parts.append(cc.position_attention(model, task, to=("target", "first"),
+                                           weighted=weighted).values)
+    parts += [cc.ov_eigen_scores(model, circuit=c).values for c in ("ov", "full")]
+    lens = cc.logit_lens(model, task)
+    parts.append(lens.values)
+    dla = cc.direct_logit_attribution(model, task)
+    parts += [dla.per_prompt, *dla.components.values()]
+    values = np.concatenate([np.nan_to_num(np.asarray(p, dtype=float), nan=-9.0).ravel()
+                             for p in parts])
+    return values, cc.ov_copying(model, task, k=3), lens.ranks[:, -1]
+
+
+def _unprocessed(name):
+    """``name`` whole on the CPU with its weights as stored (not folded), as a sharded model
+    with offloaded layers holds them (the Bridge cannot fold what it offloaded)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuitcheck import models
+
+    source = models.resolve_source(name)
+    bridge = TransformerBridge.boot_transformers(source, device="cpu")
+    bridge.eval()
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    bridge.original_model.config.use_cache = False
+    models._set_start_token(bridge, models._original_adds_bos(source, None), None)
+    return bridge
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_read_only_analyses_on_a_sharded_model_match_the_unsharded(name):
+    """With a layer offloaded (its weights ``meta`` outside a forward), the analyses that read
+    weight matrices (OV, DLA, the logit lens' unembedding) bring them in, and every analysis
+    gives the values of the same (unprocessed) weights on one device: weight-based scores
+    such as OV eigenvalues depend on folding, so the reference is unprocessed too."""
+    import numpy as np
+
+    import circuitcheck as cc
+
+    whole = _unprocessed(name)
+    sharded = cc.load_model(name, device_map=LAYOUTS[name][1])
+    assert any(p.device.type == "meta" for p in sharded.original_model.parameters())
+    (got, copying, ranks), (want, copying_want, ranks_want) = _analyses(sharded), _analyses(whole)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(ranks, ranks_want)
+    # a head whose OV output is ~0 ties every logit: its top-k may flip by one name on rounding
+    names = copying.n
+    np.testing.assert_allclose(copying.values, copying_want.values, atol=1 / names + 1e-9)
+    assert copying.values.max() == copying_want.values.max() == 1.0  # the copying head copies
+    # and the offloaded weights went back out: the map still holds them as placeholders
+    assert any(p.device.type == "meta" for p in sharded.original_model.parameters())
+
+
+class _Config:
+    """A stand-in for pytest's config: options by name (the option checks read no more)."""
+
+    def __init__(self, **options):
+        self.options = {"--cc-device-map": None, "--cc-max-memory": None, "--cc-model": None,
+                        "--cc-prepend-bos": None, "--cc-dtype": "float32", "--cc-device": "auto",
+                        "--cc-autocast": None, "--cc-autocast-tolerance": None, **options}
+
+    def getoption(self, name):
+        return self.options[name]
+
+
+def test_cc_max_memory_is_checked_up_front_and_needs_a_device_map():
+    from circuitcheck._plugin_options import check_max_memory
+
+    check_max_memory(_Config())
+    check_max_memory(_Config(**{"--cc-device-map": "auto", "--cc-max-memory": '{"0": "20GiB"}'}))
+    for options, message in [
+            ({"--cc-device-map": "auto", "--cc-max-memory": '{"0": "lots"}'},
+             r"--cc-max-memory: max_memory\['0'\] = 'lots' is not a size"),
+            ({"--cc-device-map": "auto", "--cc-max-memory": "{0: 1}"}, "is not valid JSON"),
+            ({"--cc-max-memory": '{"cpu": "1GiB"}'},
+             "only applies with a device map: pass --cc-device-map too")]:
+        with pytest.raises(pytest.UsageError, match=message):
+            check_max_memory(_Config(**options))
+
+
+def test_command_line_placement_overrides_the_claims(monkeypatch):
+    """``--cc-device-map`` with ``--cc-max-memory`` replace a claim's ``device_map`` /
+    ``max_memory``; without them the claim's own are used."""
+    import circuitcheck.models
+    from circuitcheck import _claims
+    from circuitcheck.plugin import _load
+
+    calls = []
+    monkeypatch.setattr(circuitcheck.models, "load_model",
+                        lambda name, **kw: calls.append(kw) or object())
+    _claims.set_current_test("t")
+    _load(_Config(), "zoo:planted", None, None, "auto", {0: "1GiB"})
+    _load(_Config(**{"--cc-device-map": "balanced", "--cc-max-memory": '{"0": "2GiB"}'}),
+          "zoo:planted", None, None, "auto", {0: "1GiB"})
+    _load(_Config(**{"--cc-device-map": "balanced"}), "zoo:planted", None, None, "auto",
+          {0: "1GiB"})
+    assert [(c["device_map"], c["max_memory"]) for c in calls] == [
+        ("auto", {0: "1GiB"}), ("balanced", '{"0": "2GiB"}'), ("balanced", {0: "1GiB"})]
+    assert not any("autocast" in c for c in calls)
+
+
+def test_plugin_refuses_a_bad_cc_max_memory_before_torch(pytester):
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cc-max-memory",
+                                        '{"cpu": "1GiB"}')
+    assert bad.ret == 4
+    bad.stderr.fnmatch_lines(["*--cc-max-memory only applies with a device map*"])

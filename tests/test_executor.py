@@ -167,6 +167,38 @@ def test_cc_executor_option_is_checked_before_anything_runs(pytester):
         assert good.ret == 0
 
 
+HAS_XDIST = importlib.util.find_spec("xdist") is not None
+
+
+@needs_ray
+@pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist is not installed")
+def test_xdist_workers_share_one_cluster_for_a_bare_ray(pytester, monkeypatch):
+    """``-n 2 --cc-executor ray``: the controller starts one local cluster and both workers
+    join it (``ray:ADDRESS``), instead of each starting its own."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    pytester.makepyfile(test_x=f"""
+import os
+from pathlib import Path
+
+import ray
+from circuitcheck import executors
+
+def test_record():
+    spec = executors.default()
+    executors.get_executor()._ray()  # what a measurement does first: join (or start) Ray
+    out = Path({str(pytester.path)!r}) / ("joined-" + os.environ["PYTEST_XDIST_WORKER"])
+    out.write_text(spec + " " + ray.get_runtime_context().gcs_address)
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist",
+                                           "each", "--cc-executor", "ray")
+    result.assert_outcomes(passed=2)
+    found = sorted(pytester.path.glob("joined-gw*"))
+    seen = {f.name: f.read_text().split() for f in found}
+    assert sorted(seen) == ["joined-gw0", "joined-gw1"], seen
+    (spec, address), other = seen["joined-gw0"], seen["joined-gw1"]
+    assert spec == f"ray:{address}" and other == [spec, address]  # one cluster, joined
+
+
 def test_yaml_executor_key_is_validated_before_any_model_loads(tmp_path):
     from circuitcheck.claimfile import read_claim_file
 

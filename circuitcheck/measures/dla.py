@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._devicemap import weights_loaded
 from ..circuit import parse_head
 from ..errors import CircuitCheckError
 from ..interventions.patching import cache_run
-from ..models import rounding_tolerance
+from ..models import compute_dtype, rounding_tolerance
 from ..tasks import Task
 from ._measurement import Measurement
 from ._result import ResultProtocol, head_table, jsonable, nan_like
@@ -118,11 +119,17 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     L = model.cfg.n_layers
     N = enc.n
     dev = acts["ln_final.hook_scale"].device
-    end = (enc.lengths - 1).to(dev)
-    at_end = {n: a[torch.arange(N, device=dev), end].double() for n, a in acts.items()}
-    w, b = _final_norm_affine(model, at_end, rounding_tolerance(acts["ln_final.hook_out"].dtype))
-    W_U = model.W_U.detach().double()
-    b_U = _b_U(model)
+    end = enc.lengths - 1
+    # a device map's layers cache on their own devices: each read there, gathered on ``dev``
+    at_end = {n: a[torch.arange(N, device=a.device), end.to(a.device)].to(dev).double()
+              for n, a in acts.items()}
+    with weights_loaded(model):  # offloaded layers' weights in
+        w, b = _final_norm_affine(model, at_end,
+                                  rounding_tolerance(compute_dtype(model, acts[
+                                      "ln_final.hook_out"].dtype)))
+        W_U = model.W_U.detach().double().to(dev)
+        b_U = _b_U(model).to(dev)
+        W_O = model.W_O.detach().double().to(dev)  # [L, H, D, d]
     direction = (W_U[:, enc.answers.to(dev)] - W_U[:, enc.wrong.to(dev)]).T * w  # [N, d]
     centre = str(getattr(model.cfg, "normalization_type", "LN") or "").upper().startswith("LN")
     scale = at_end["ln_final.hook_scale"]  # [N, 1]
@@ -134,7 +141,6 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
         return (c / scale.view(shape + (1,)) * direction.view(
             (N,) + (1,) * (c.dim() - 2) + (-1,))).sum(-1)
 
-    W_O = model.W_O.detach().double()  # [L, H, D, d]
     heads, comps = [], {"embed": project(at_end["blocks.0.hook_resid_pre"])}
     for layer in range(L):
         per_head = torch.einsum("nhd,hdm->nhm", at_end[f"blocks.{layer}.attn.hook_z"], W_O[layer])
@@ -149,7 +155,7 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     total = per_head.sum((0, 1)) + sum(components.values())
     out = DirectLogitAttribution(per_head.mean(-1), per_head, components, ld, total)
     if check:
-        rel = rounding_tolerance(acts["ln_final.hook_in"].dtype)
+        rel = rounding_tolerance(compute_dtype(model, acts["ln_final.hook_in"].dtype))
         tol = rel * max(1.0, float(np.abs(ld).max()))
         resid = at_end["ln_final.hook_in"] - at_end["blocks.0.hook_resid_pre"] - sum(
             at_end[f"blocks.{l}.hook_attn_out"] + at_end[f"blocks.{l}.hook_mlp_out"]

@@ -79,6 +79,7 @@ def logit_lens(model: Any, task: Any, *, confidence: float = 0.95, seed: int = 0
     import torch
 
     from .. import _validate
+    from .._devicemap import weights_loaded
     from ..interventions.patching import cache_activations
     from .dla import _b_U
 
@@ -90,9 +91,10 @@ def logit_lens(model: Any, task: Any, *, confidence: float = 0.95, seed: int = 0
     N = enc.n
     dev = acts[names[0]].device
     end = (enc.lengths - 1).to(dev)
-    resid = torch.stack([acts[n][torch.arange(N, device=dev), end] for n in names], 1)
-    with torch.inference_mode():
-        normed = model.ln_final(resid)  # [N, S, d]: each stage normalised by its own scale
+    resid = torch.stack([acts[n][torch.arange(N, device=acts[n].device), end.to(
+        acts[n].device)].to(dev) for n in names], 1)  # a device map's layers: each its own
+    with torch.inference_mode(), weights_loaded(model):
+        normed = model.ln_final(resid).to(dev)  # [N, S, d]: each stage by its own scale
         logits = normed.double() @ model.W_U.detach().double().to(dev) + _b_U(model).to(dev)
     a = enc.answers.to(dev)
     ans = logits[torch.arange(N, device=dev), :, a]  # [N, S]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._devicemap import weights_loaded
 from ..errors import CircuitCheckError
 from ._heads_common import W_V_per_head, boot_heads, widen_unit
 from ._scores import HeadScores
@@ -53,13 +54,15 @@ def ov_eigen_scores(model: Any, *, circuit: str = "ov") -> HeadScores:
         raise CircuitCheckError(f"circuit must be one of {CIRCUITS}, got {circuit!r}")
     if circuit == "full":
         _shared_vocabulary(model, "the full OV circuit's eigenvalue score")
-    W_V = W_V_per_head(model).double()  # [L, H, d, dh]
-    W_O = model.W_O.detach().double()   # [L, H, dh, d]
-    if circuit == "ov":
-        M = W_O @ W_V                    # eig(W_V W_O) \ {0} = eig(W_O W_V)
-    else:
-        mid = (model.W_U.detach().double() @ model.W_E.detach().double())  # [d, d]
-        M = W_O @ mid.to(W_O.device) @ W_V  # eig(W_E W_V W_O W_U) \ {0}
+    with weights_loaded(model):  # offloaded layers' weights in, a device map's on one device
+        W_O = model.W_O.detach().double()   # [L, H, dh, d]
+        W_V = W_V_per_head(model).double().to(W_O.device)  # [L, H, d, dh]
+        if circuit == "ov":
+            M = W_O @ W_V                    # eig(W_V W_O) \ {0} = eig(W_O W_V)
+        else:
+            mid = (model.W_U.detach().double().to(W_O.device)
+                   @ model.W_E.detach().double().to(W_O.device))  # [d, d]
+            M = W_O @ mid @ W_V  # eig(W_E W_V W_O W_U) \ {0}
     lam = torch.linalg.eigvals(M.cpu())  # [L, H, dh]
     mass = lam.abs().sum(-1)
     score = (lam.real.sum(-1) / mass.clamp_min(1e-300)).numpy()
@@ -105,20 +108,20 @@ def ov_copying(model: Any, task: Any = None, *, names: Sequence[Any] | None = No
     ids = name_tokens(model, task, names)
     if k > model.cfg.d_vocab:
         raise CircuitCheckError(f"k={k} is more than the vocabulary ({model.cfg.d_vocab})")
-    with torch.inference_mode():
+    with torch.inference_mode(), weights_loaded(model):
         tok = torch.tensor(ids, device=model.W_E.device)
         x = model.W_E.detach()[tok]  # [n, d]
         if mlp0:
             block = model.blocks[0]
-            x = x + block.mlp(block.ln2(x[None]))[0]
-        W_V = W_V_per_head(model).to(x.dtype)
-        W_O = model.W_O.detach().to(x.dtype)
+            x = x + block.mlp(block.ln2(x[None]))[0].to(x.device)
+        W_V = W_V_per_head(model).to(x.device, x.dtype)  # a device map's layers: one device
+        W_O = model.W_O.detach().to(x.device, x.dtype)
         out = torch.einsum("nd,lhde,lhem->lhnm", x, W_V, W_O)  # [L, H, n, d]
         if negative:
             out = -out
         L, H, n, d = out.shape
         logits = model.unembed(model.ln_final(out.reshape(1, L * H * n, d)))[0]
-        top = logits.topk(k, dim=-1).indices.reshape(L, H, n, k)
+        top = logits.topk(k, dim=-1).indices.reshape(L, H, n, k).to(tok.device)
         hit = (top == tok[None, None, :, None]).any(-1).float()  # [L, H, n]
     per = hit.permute(2, 0, 1).cpu().numpy().astype(float)  # [n, L, H]
     mean, lo, hi = boot_heads(per, confidence, seed)
