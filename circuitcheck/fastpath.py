@@ -11,7 +11,7 @@ to an intermediate it skips and nothing else differs (no KV cache, no dropout, a
 causal mask); otherwise the bridge's own code runs. ``load_model`` installs these and checks
 the model's predictions did not move; ``disabled(model)`` runs without them.
 
-The Llama layout (SmolLM2) gets the same treatment: RMSNorm through ``F.rms_norm`` (the
+The Llama layout (SmolLM2) gets the same treatment: RMSNorm from one norm reduction (the
 bridge computes its hook values, discards them and calls HF's five-op norm), rotary
 grouped-query attention through ``F.scaled_dot_product_attention`` (q/k/v/z and the rotated
 q/k still pass through their hooks), and the gated MLP with its activation in place.
@@ -305,9 +305,10 @@ def _plain_rms_norm(module: Any) -> bool:
 
 def _rms_norm_forward(self: Any, original: Callable[..., Any], hidden_states: torch.Tensor,
                       **kwargs: Any) -> torch.Tensor:
-    """``hook_in`` → ``LlamaRMSNorm``'s function through ``F.rms_norm`` → ``hook_out``:
-    normalised in float32, cast back to the input's dtype, then scaled by the weight in that
-    dtype (HF's order, so half precision rounds where HF's does)."""
+    """``hook_in`` → ``LlamaRMSNorm``'s function → ``hook_out``, with HF's precision order
+    (normalised in float32, cast back to the input's dtype, then scaled by the weight). The
+    mean square comes from one ``vector_norm`` reduction: on a CPU that is ~3x faster than
+    HF's pow/mean and than ``F.rms_norm`` (measured on SmolLM2's [480, 576] rows)."""
     native = self.use_native_layernorm_autograd or getattr(
         self.config, "layer_norm_folding", False)
     if kwargs or not native or watched(self.hook_scale, self.hook_normalized):
@@ -315,12 +316,13 @@ def _rms_norm_forward(self: Any, original: Callable[..., Any], hidden_states: to
     comp = self.original_component
     x = self.hook_in(hidden_states)
     dt, w = x.dtype, comp.weight
-    if dt == torch.float32 and w.dtype == dt:  # the weight inside the kernel: one pass less
-        y = F.rms_norm(x, (x.shape[-1],), w, comp.variance_epsilon)
-    else:
-        xf = x if dt in (torch.float32, torch.float64) else x.float()
-        y = w * F.rms_norm(xf, (x.shape[-1],), None, comp.variance_epsilon).to(dt)
-    return self.hook_out(y.to(dt) if y.dtype != dt else y)
+    xf = x.to(torch.float32)
+    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # [..., 1]: cheap to refine
+    y = (xf * torch.rsqrt(norm.square() / x.shape[-1] + comp.variance_epsilon)).to(dt)
+    if w.dtype == y.dtype and not (torch.is_grad_enabled() and (y.requires_grad
+                                                                or w.requires_grad)):
+        return self.hook_out(y.mul_(w))  # y is a fresh tensor: scaled in place
+    return self.hook_out(w * y)
 
 
 #: config flags under which the bridge's rotary attention does something other than
