@@ -306,9 +306,10 @@ def _plain_rms_norm(module: Any) -> bool:
 def _rms_norm_forward(self: Any, original: Callable[..., Any], hidden_states: torch.Tensor,
                       **kwargs: Any) -> torch.Tensor:
     """``hook_in`` → ``LlamaRMSNorm``'s function → ``hook_out``, with HF's precision order
-    (normalised in float32, cast back to the input's dtype, then scaled by the weight). The
-    mean square comes from one ``vector_norm`` reduction: on a CPU that is ~3x faster than
-    HF's pow/mean and than ``F.rms_norm`` (measured on SmolLM2's [480, 576] rows)."""
+    (normalised in float32, cast back to the input's dtype, then scaled by the weight). In
+    float32 the mean square comes from one ``vector_norm`` reduction, on a CPU faster than
+    HF's pow/mean and than ``F.rms_norm`` (SmolLM2's [480, 576] rows); in half precision it
+    is HF's pow/mean, so the cast rounds exactly where HF's does."""
     native = self.use_native_layernorm_autograd or getattr(
         self.config, "layer_norm_folding", False)
     if kwargs or not native or watched(self.hook_scale, self.hook_normalized):
@@ -317,8 +318,12 @@ def _rms_norm_forward(self: Any, original: Callable[..., Any], hidden_states: to
     x = self.hook_in(hidden_states)
     dt, w = x.dtype, comp.weight
     xf = x.to(torch.float32)
-    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # [..., 1]: cheap to refine
-    y = (xf * torch.rsqrt(norm.square() / x.shape[-1] + comp.variance_epsilon)).to(dt)
+    if dt == torch.float32:
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # [..., 1]: cheap to refine
+        mean_square = norm.square() / x.shape[-1]
+    else:  # HF's own ops, bit for bit: the cast to half would round differences up to an ulp
+        mean_square = xf.pow(2).mean(-1, keepdim=True)
+    y = (xf * torch.rsqrt(mean_square + comp.variance_epsilon)).to(dt)
     if w.dtype == y.dtype and not (torch.is_grad_enabled() and (y.requires_grad
                                                                 or w.requires_grad)):
         return self.hook_out(y.mul_(w))  # y is a fresh tensor: scaled in place
