@@ -81,14 +81,19 @@ def matmul_rate(device: str = "cpu", n: int = 1024, dtype: Any = None, *, inner:
 
 
 def forward_flops(model: Any, tokens: int, read_positions: int | None = None) -> float:
-    """Matmul FLOPs of one forward over ``tokens`` tokens (unembedding only where read)."""
+    """Matmul FLOPs of one forward over ``tokens`` tokens (unembedding only where read): the
+    q and o projections, k and v over the key/value heads only (grouped-query attention), and
+    the MLP's two matmuls, three when gated (Llama's gate, up, down). For GPT-2 that is
+    ``2 * (4 d^2 + 2 d d_mlp)`` a token and layer; counting a Llama as if it were GPT-2
+    under-counts SmolLM2's matmuls by 12.5%."""
     cfg = model.cfg
     d, L = cfg.d_model, cfg.n_layers
     d_mlp = getattr(cfg, "d_mlp", None) or 4 * d
-    d_attn = cfg.n_heads * cfg.d_head
-    d_kv = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head  # GQA: k, v
-    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * d * d_mlp  # gate, in, out
-    per_token_layer = 2 * (2 * d * d_attn + 2 * d * d_kv + mlp)  # q, out, k, v; the MLP
+    d_head = getattr(cfg, "d_head", None) or d // cfg.n_heads
+    d_q = cfg.n_heads * d_head
+    d_kv = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * d_head
+    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * d * d_mlp
+    per_token_layer = 2 * (2 * d * d_q + 2 * d * d_kv + mlp)  # q, o, k, v; mlp
     unembed = 2 * d * cfg.d_vocab * (tokens if read_positions is None else read_positions)
     return L * per_token_layer * tokens + unembed
 

