@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--skip", default="",
                     help="comma list of parts to skip: forward,depth,mc,seed000,grid,path")
     ap.add_argument("--forward-prompts", type=int, default=64,
-                    help="IOI prompts (one mask each) in the batched forward (forward)")
+                    help="IOI prompts the forward part's 256 trials cycle over (forward)")
     ap.add_argument("--loop-masks", type=int, default=3,
                     help="masks the notebook loop is timed on (seed000; extrapolated)")
     args = ap.parse_args()
@@ -264,8 +264,9 @@ def depth(smollm, device: str) -> None:
 
 
 def forward_share(model, prompts: int, device: str) -> None:
-    """One batched Monte-Carlo forward as ``stochastic_ablation`` runs it (``run_variants``:
-    a keep-0.3 mask per IOI prompt, mean ablation at every layer's ``hook_z``, top-1 read)
+    """One round of Monte-Carlo trials as ``stochastic_ablation`` runs its smallest (its first
+    look, ``min_trials`` = 256 trials through ``run_variants``: a keep-0.3 mask per trial, the
+    IOI prompts cycled, mean ablation at every layer's ``hook_z``, top-1 read)
     with the fast paths and under ``fastpath.disabled``, timed in turn: ms a row, the share
     of the FLOP limit (real tokens' matmul FLOPs / time / measured matmul rate), and the
     largest answer-logit difference between the two."""
@@ -274,9 +275,10 @@ def forward_share(model, prompts: int, device: str) -> None:
 
     enc = cc.tasks.ioi(model, n=prompts, seed=0).encode(model)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    masks = torch.rand(enc.n, L, H, generator=torch.Generator().manual_seed(0)) < 0.3
+    trials = 256
+    masks = torch.rand(trials, L, H, generator=torch.Generator().manual_seed(0)) < 0.3
     values = ablation_values(model, enc, "mean")
-    rows = torch.arange(enc.n)
+    rows = torch.arange(trials) % enc.n
 
     def run(reads=("correct",)):
         return run_variants(model, enc, Variants(masks), values, prompt_of=rows, reads=reads)
@@ -289,13 +291,14 @@ def forward_share(model, prompts: int, device: str) -> None:
     fast, slow = run(("logit", "wrong_logit")), plain(("logit", "wrong_logit"))
     delta = max(float((fast.logit - slow.logit).abs().max()),
                 float((fast.wrong_logit - slow.wrong_logit).abs().max()))
-    limit = forward_flops(model, int(enc.lengths.sum()), read_positions=enc.n) / rate
-    print(f"### One batched Monte-Carlo forward ({enc.n} IOI prompts x 1 mask, "
-          f"{int(enc.lengths.sum())} real tokens, widest {int(enc.lengths.max())}; matmul rate "
+    tokens = int(enc.lengths[rows].sum())
+    limit = forward_flops(model, tokens, read_positions=trials) / rate
+    print(f"### One round of batched Monte-Carlo forwards ({trials} trials over {enc.n} IOI "
+          f"prompts, {tokens} real tokens, widest {int(enc.lengths.max())}; matmul rate "
           f"{rate / 1e9:.1f} GFLOP/s)\n")
     print("| code path | ms a row | share of the FLOP limit |\n|---|---:|---:|")
     for name, t in med.items():
-        print(f"| {name} | {t / enc.n * 1e3:.1f} | {limit / t:.0%} |")
+        print(f"| {name} | {t / trials * 1e3:.1f} | {limit / t:.0%} |")
     print(f"\nmax |answer-logit difference| fast vs disabled: {delta:.2e}; speed-up "
           f"{med['disabled'] / med['fast paths']:.2f}x")
     target("batched forward on the real model, share of the FLOP limit",
