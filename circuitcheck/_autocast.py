@@ -18,9 +18,10 @@ a log-probability among float32's top ten tokens and the top-1 agreement.
 
 Measured on the CPU (probe batch, relative logit error, the worse path): bf16 autocast 0.019
 (``zoo:planted``), 0.019 (``zoo:induction-2l``), 0.006 (``zoo:ioi-toy``), no worse than bf16
-weights' own (0.025, 0.019, 0.006); fp16 autocast 0.002, 0.002, 0.0007. Single log-probabilities move more (up to
-0.5-0.9 nats under bf16 on these small, sharp models, as with bf16 weights), which is why the
-gate is the logits' overall error: claims average over prompts.
+weights' own (0.025, 0.019, 0.006); fp16 autocast 0.002, 0.002, 0.0007. Single
+log-probabilities move more (up to 0.5-0.9 nats under bf16 on these small, sharp models, as
+with bf16 weights), which is why the gate is the logits' overall error: claims average over
+prompts.
 
 Every forward honours it because the one entry point every call goes through,
 ``bridge.forward`` (``model(...)``, ``run_with_hooks``, ``run_with_cache``, the engine's
