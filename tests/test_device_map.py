@@ -181,7 +181,7 @@ def test_read_only_analyses_on_a_sharded_model_match_the_unsharded(name):
     sharded = cc.load_model(name, device_map=LAYOUTS[name][1])
     assert any(p.device.type == "meta" for p in sharded.original_model.parameters())
     (got, copying, ranks), (want, copying_want, ranks_want) = _analyses(sharded), _analyses(whole)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 sums in another order
     np.testing.assert_array_equal(ranks, ranks_want)
     # a head whose OV output is ~0 ties every logit: its top-k may flip by one name on rounding
     names = copying.n
