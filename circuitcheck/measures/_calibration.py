@@ -12,8 +12,8 @@ from ..interventions import Variants, run_variants
 TARGETS = {"importance": 0.3, "exclusion": 0.7}
 
 
-def measure_ends(model: Any, enc: Any, values: Any, m: Any, batch_size: int | None
-          ) -> tuple[float, float]:
+def measure_ends(model: Any, enc: Any, values: Any, m: Any,
+                 batch_size: int | None) -> tuple[float, float]:
     """(every head ablated, full model) mean metric over the task's prompts."""
     import torch
 
