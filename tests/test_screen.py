@@ -118,3 +118,87 @@ def test_screened_residual_grid_equals_exact_where_marked(tiny, task_of):
     np.testing.assert_allclose(sc.values[sc.exact], full.values[sc.exact], atol=1e-6,
                                equal_nan=True)
     assert sc.screen["exact_cells"] == int(sc.exact.sum())
+
+
+@pytest.fixture(scope="module")
+def induction32():
+    model = cc.load_model("zoo:induction-2l")
+    return model, cc.tasks.induction(model, n=32, seed=0)
+
+
+def test_screen_looks_patch_some_cells_on_a_sample_of_prompts(induction32):
+    """With 32 prompts the screen's looks settle cells on part of their prompts: what they
+    patched equals the full computation prompt by prompt, every cell left unexact is truly
+    below the cut, the top k are exact, and fewer patched runs than looking at every prompt."""
+    model, task = induction32
+    full = P.patch_heads(model, task)
+    sc = P.patch_heads(model, task, screen="attribution", screen_options={"top": 3})
+    whole = P.patch_heads(model, task, screen="attribution",
+                          screen_options={"top": 3, "sample": None})
+    info, n = sc.screen, task.encode(model).n
+    seen = np.array(info["prompts_patched"]).reshape(sc.shape)
+    assert info["sample"] == 8 and whole.screen["sample"] is None
+    looked = ~sc.exact & (seen > 0)
+    assert looked.any() and (seen[looked] < n).all() and info["sampled_cells"] == looked.sum()
+    # the partial patches are exact on their prompts (the rest of per_prompt: the estimate)
+    est = P.attribution_patch_heads(model, task)
+    same = np.isclose(sc.per_prompt, full.per_prompt, atol=1e-5)
+    assert (same.sum(-1)[looked] >= seen[looked]).all()
+    np.testing.assert_allclose(sc.values[sc.exact], full.values[sc.exact], atol=1e-6)
+    assert (np.abs(full.values[~sc.exact]) < info["cut"]).all()
+    for labels, _ in full.top(3):
+        assert sc.exact[tuple(labels)]
+    # the sampled cells' estimates are close to the truth, not the attribution copied
+    assert np.abs(sc.values[looked] - full.values[looked]).max() < info["cut"]
+    assert info["patched_runs"] < whole.screen["patched_runs"] <= info["runs"]
+    assert not np.allclose(sc.values[looked], est.values[looked])
+
+
+def test_per_position_grids_do_not_look_by_default(induction32):
+    """A cell at an absolute position matters only on the prompts whose token there matters:
+    sampling those is unsafe, so the default keeps the margin rule alone."""
+    model, task = induction32
+    sc = P.patch_heads(model, task, per_position=True, screen="attribution",
+                       screen_options={"top": 3})
+    assert sc.screen["sample"] is None and sc.screen["sampled_cells"] == 0
+
+
+def test_sample_stats_regression_estimator():
+    """The looks' estimator (``screen._sample_stats``) on constructed populations."""
+    from circuitcheck.measures.screen import _sample_stats, _settled
+
+    rng = np.random.default_rng(0)
+    N = 32
+    x = rng.normal(size=N)                      # the attribution, prompt by prompt
+    valid = np.ones((1, N), bool)
+    census = np.zeros((1, N), bool)
+    seen = np.zeros((1, N), bool)
+    seen[0, :10] = True
+    # exact effect linear in the estimate: the regression recovers the population mean
+    u = (0.5 * x + 0.02)[None]
+    m, m_low, mean, se, err = _sample_stats(seen, census, valid, np.where(seen, u, np.nan),
+                                            x[None])
+    assert m[0] == m_low[0] == 10
+    np.testing.assert_allclose(mean[0], u.mean(), atol=1e-12)
+    assert se[0] < 1e-12
+    np.testing.assert_allclose(err[0], np.abs((u - x)[0, :10].mean()), atol=1e-12)
+    # an estimate that is pure noise: about the plain sample mean, with its standard error
+    y = rng.normal(0.1, 0.05, size=N)[None]
+    m, _, mean, se, _ = _sample_stats(seen, census, valid, np.where(seen, y, np.nan),
+                                      rng.normal(size=N)[None])
+    assert abs(mean[0] - y[0, :10].mean()) < 0.03 and 0.005 < se[0] < 0.03
+    assert not _settled(m_low, mean, se, 0.1, 0.999)[0]  # a mean near the cut is not ruled out
+    assert _settled(m_low, mean - 0.1, se, 0.2, 0.999)[0]  # one far below it is
+    # a sparse effect the sample never saw (the estimate is flat on the sample, not on the
+    # population): no bound at all
+    xs = np.zeros(N)
+    xs[20] = 3.0
+    ys = np.where(np.arange(N) == 20, 1.0, 0.0)[None]
+    _, _, _, se, _ = _sample_stats(seen, census, valid, np.where(seen, ys, np.nan), xs[None])
+    assert np.isnan(se[0])
+    # ... and with that prompt in the census it is counted exactly
+    census[0, 20] = seen[0, 20] = True
+    m, m_low, mean, se, _ = _sample_stats(seen, census, valid, np.where(seen, ys, np.nan),
+                                          xs[None])
+    assert m_low[0] == 10 and m[0] == 11
+    np.testing.assert_allclose(mean[0], 1.0 / N, atol=1e-12)

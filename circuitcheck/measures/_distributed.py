@@ -167,8 +167,11 @@ def patch_cells_on(executor: Executor, model: Any, ctx: dict[str, Any], todo: np
     grids = executor.map(model, work, ctx, chunks)
     base = grids[0]
     values, per, exact = base.values.copy(), base.per_prompt.copy(), base.exact.copy()
-    for g in grids[1:]:
-        values[g.exact], per[g.exact] = g.values[g.exact], g.per_prompt[g.exact]
+    by_prompt = todo.ndim == values.ndim + 1  # (cell, prompt) pairs: the screen's looks
+    for g, part in zip(grids[1:], chunks[1:]):
+        cell = part.any(-1) if by_prompt else part
+        pair = part if by_prompt else np.broadcast_to(part[..., None], per.shape)
+        values[cell], per[pair] = g.values[cell], g.per_prompt[pair]
         exact |= g.exact
     problem = next((g.problem for g in grids if g.problem), None)
     return dataclasses.replace(base, values=values, per_prompt=per, exact=exact, problem=problem)

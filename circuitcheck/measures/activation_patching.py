@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
            cells: np.ndarray | None) -> tuple[Patches, "torch.Tensor"]:
     """Every (layer, [position,] [head]) unit in ``cells`` (default all) x every prompt that has
-    it, as patched rows, and the flat grid cell each row's value belongs to."""
+    it, as patched rows, and the flat grid cell each row's value belongs to. ``cells`` is
+    shaped like the grid, or like the grid plus a trailing prompt axis (the screen's looks at
+    a sample of prompts): then only those (cell, prompt) pairs."""
     import torch
 
     enc = s.enc
@@ -46,8 +48,11 @@ def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
         where = pos_of[pp, kk]  # [R]
         keep = where < enc.lengths[pp]
         pos_mask = torch.arange(P)[None, :] == where[:, None]
-    if cells is not None:
-        keep &= torch.from_numpy(np.asarray(cells).reshape(L, K, U))[lay, kk, uu]
+    if cells is not None and np.asarray(cells).size == L * K * U * N:
+        keep &= torch.from_numpy(np.asarray(cells, dtype=bool).reshape(L, K, U, N))[
+            lay, kk, uu, pp]
+    elif cells is not None:
+        keep &= torch.from_numpy(np.asarray(cells, dtype=bool).reshape(L, K, U))[lay, kk, uu]
     lay, kk, uu, pp, pos_mask = lay[keep], kk[keep], uu[keep], pp[keep], pos_mask[keep]
     R = len(pp)
     layer_mask = torch.zeros(R, L, dtype=torch.bool)
@@ -97,7 +102,7 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
     src_names = [hook_name(component, l) for l in used]
     base_names = [f"blocks.{l}.hook_resid_pre" for l in starts
                   if l > 0 or component == "resid_pre"]
-    if memo is not None and "src" in memo:
+    if memo is not None and "base" in memo:
         (src_acts, src_read), (base_acts, base_read) = memo["src"], memo["base"]
     else:
         src_acts, src_read = cache_run(model, enc, src_toks, src_names, batch_size=batch_size)
@@ -116,15 +121,18 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
                               progress=bar)
         pp[cell.numpy(), patches.prompt_of.numpy()] = s.metric(out)
     clean, corr = (src_read, base_read) if direction == "denoise" else (base_read, src_read)
-    exact = np.ones(shape, dtype=bool) if cells is None else np.asarray(cells).reshape(shape)
+    exact = np.ones(shape, dtype=bool) if cells is None else np.asarray(cells, dtype=bool)
+    if exact.size == cells_n * enc.n:  # (cell, prompt) pairs: exact where every prompt is
+        exact = exact.reshape(shape + (enc.n,)).all(-1)
+    exact = exact.reshape(shape)
     return _grid(pp.reshape(shape + (enc.n,)), dims, coords, s, clean, corr, component,
                  direction, exact=exact.copy())
 
 
 def run_patch_cells(model: Any, ctx: dict[str, Any], cells: np.ndarray, cache: dict
                     ) -> PatchGrid:
-    """Executor work function: the exact grid of ``cells`` (boolean, shaped like the grid),
-    NaN elsewhere, on this worker's copy of the model (``_distributed.patch_cells_on``)."""
+    """Executor work function: the exact grid of ``cells`` (boolean, shaped like the grid, or
+    with a trailing prompt axis), NaN elsewhere, on this worker's copy of the model (``_distributed.patch_cells_on``)."""
     key = ("patch", ctx["id"])
     if key not in cache:
         cache.clear()  # one measurement at a time per worker
@@ -160,8 +168,10 @@ def _measure(model: Any, task: Task, component: str, per_position: bool,
         if ctx is not None:
             from ._distributed import patch_cells_on
 
-            return patch_cells_on(ex, model, ctx, np.ones(shape, bool) if todo is None
-                                  else np.asarray(todo, bool).reshape(shape), run_patch_cells)
+            mask = np.ones(shape, bool) if todo is None else np.asarray(todo, bool)
+            if mask.size == int(np.prod(shape)):
+                mask = mask.reshape(shape)
+            return patch_cells_on(ex, model, ctx, mask, run_patch_cells)
         return _sweep(model, s, component, per_position, positions, direction, batch_size,
                       todo, progress, memo)
     if screen is None:
@@ -169,7 +179,8 @@ def _measure(model: Any, task: Task, component: str, per_position: bool,
     from .screen import screened
 
     return screened(model, s, component, per_position, positions, direction, batch_size,
-                    cells, progress, exact, **(screen_options or {}))
+                    cells, progress, exact, memo if ctx is None else None,
+                    **(screen_options or {}))
 
 
 def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: bool = False,

@@ -87,8 +87,13 @@ def attribution_patch_residual(model: Any, task: Task, *, component: str = "resi
 
 def _attribution(model: Any, s: _Setup, component: str, per_position: bool,
                  positions: Sequence[str] | None, direction: str, batch_size: int | None,
-                 cells: np.ndarray | None, progress: Any = None) -> PatchGrid:
-    """The attribution grid of ``cells`` (default all; NaN elsewhere), ``_layout``'s layout."""
+                 cells: np.ndarray | None, progress: Any = None,
+                 memo: dict[str, Any] | None = None) -> PatchGrid:
+    """The attribution grid of ``cells`` (default all; NaN elsewhere), ``_layout``'s layout.
+
+    ``memo`` (the screen's, shared with its exact rounds): the source run is cached at every
+    layer and the base run's residual stream captured in the backward pass's forward, so the
+    exact rounds (``activation_patching._sweep``) run neither again."""
     import torch
 
     name = s.metric.name
@@ -106,14 +111,23 @@ def _attribution(model: Any, s: _Setup, component: str, per_position: bool,
     names = [hook_name(component, l) for l in used]
     src_toks, base_toks = ((enc.tokens, enc.corrupted) if direction == "denoise"
                            else (enc.corrupted, enc.tokens))
-    src_acts, src_read = cache_run(model, enc, src_toks, names, batch_size=batch_size)
+    if memo is not None:
+        memo["src"] = cache_run(model, enc, src_toks, [hook_name(component, l) for l in
+                                                         range(L)], batch_size=batch_size)
+        src_acts, src_read = memo["src"]
+        resid: dict[str, list[torch.Tensor]] = {f"blocks.{l}.hook_resid_pre": []
+                                                for l in range(L)}
+    else:
+        src_acts, src_read = cache_run(model, enc, src_toks, names, batch_size=batch_size)
+        resid = {}
     est = np.full((N, L, P, U), np.nan)  # per absolute position first
     parts = []
     bs = batch_size or max(1, _rows(model, P) // 3)  # activations + graph stay alive
     with progress_bar(progress, N, f"attribution {component}", unit="prompt") as bar:
         for start in range(0, N, bs):
             prompts = torch.arange(start, min(start + bs, N))
-            base_vals, logits = _forward_backward(model, enc, base_toks, prompts, names, name)
+            base_vals, logits = _forward_backward(model, enc, base_toks, prompts, names, name,
+                                                  resid)
             for l, n in zip(used, names):
                 a, g = base_vals[n]
                 src = _trim(component, src_acts[n][prompts.to(src_acts[n].device)], a.shape)
@@ -123,6 +137,8 @@ def _attribution(model: Any, s: _Setup, component: str, per_position: bool,
             if bar is not None:
                 bar(len(prompts))
     base_read = as_readout(parts, N)
+    if memo is not None:
+        memo["base"] = ({n: torch.cat(v) for n, v in resid.items()}, base_read)
     valid = np.arange(P)[None, :] < enc.lengths.numpy()[:, None]  # [N, P]
     if pos_of is None:
         est = np.where(valid[:, None, :, None], np.nan_to_num(est), 0).sum(2)  # [N, L, U]
@@ -154,10 +170,13 @@ def _rows(model: Any, P: int) -> int:
 
 
 def _forward_backward(model: Any, enc: EncodedTask, tokens: "torch.Tensor",
-                      prompts: "torch.Tensor", names: Sequence[str], metric: str
+                      prompts: "torch.Tensor", names: Sequence[str], metric: str,
+                      keep: dict[str, list["torch.Tensor"]] | None = None
                       ) -> tuple[dict[str, tuple["torch.Tensor", "torch.Tensor"]],
                                  "torch.Tensor"]:
-    """Activations ``names`` and the gradient of the summed per-prompt metric w.r.t. them."""
+    """Activations ``names`` and the gradient of the summed per-prompt metric w.r.t. them;
+    the activations ``keep`` names are appended to its lists too (detached, padded to the
+    tokens' full width, as ``cache_run`` stores them)."""
     import torch
 
     device = model.cfg.device
@@ -175,11 +194,17 @@ def _forward_backward(model: Any, enc: EncodedTask, tokens: "torch.Tensor",
             return x
         return hook
 
+    def store(name: str) -> Any:
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            pad = tokens.shape[1] - x.shape[1]
+            keep[name].append(torch.nn.functional.pad(x.detach(), (0, 0, 0, pad)))
+        return hook
+
     with torch.enable_grad():
         logits = model.run_with_hooks(
             tokens[prompts, :P].to(device),
             fwd_hooks=[("blocks.0.hook_resid_pre", root)] + [(n, save(n)) for n in names]
-            + [last_token_hook(last)])[:, 0]
+            + [(n, store(n)) for n in keep or {}] + [last_token_hook(last)])[:, 0]
         value = _torch_metric(metric, logits.float(), enc, prompts)
         grads = torch.autograd.grad(value.sum(), [saved[n] for n in names], allow_unused=True)
     out = {}
