@@ -123,7 +123,13 @@ def main() -> None:
                   f"full exact vs transformer_lens.patching {t_tl_all / t_full:.1f}x (target "
                   f">= 2x); max |cc - TL| on its {len(tl_cells)} heads "
                   f"{max(abs(full.values[c] - v) for c, v in zip(tl_cells, tl_vals)):.2e}")
-        print(f"\nscreen: {sc.screen}\n")
+        seen = np.array(sc.screen["prompts_patched"]).reshape(L, H)
+        work = float((seen * (L - np.arange(L))[:, None]).sum()) / (H * L * (L + 1) / 2
+                                                                    * task.encode(model).n)
+        print(f"\nscreened exact work (patched runs weighted by the layers each runs): "
+              f"{work:.3f} of the full sweep's; {sc.screen['exact_cells']} cells exact on every "
+              f"prompt, {sc.screen['sampled_cells']} settled on a sample of theirs")
+        print(f"\nscreen: { {k: v for k, v in sc.screen.items() if k != 'prompts_patched'} }\n")
     if "path" not in skip:
         print("### Path patching: every head -> 4 receivers' queries at 'end'\n")
         recv = [(L - 8, 0), (L - 8, 3), (L - 6, 1), (L - 6, 5)]

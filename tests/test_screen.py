@@ -176,29 +176,32 @@ def test_sample_stats_regression_estimator():
     seen[0, :10] = True
     # exact effect linear in the estimate: the regression recovers the population mean
     u = (0.5 * x + 0.02)[None]
-    m, m_low, mean, se, err = _sample_stats(seen, census, valid, np.where(seen, u, np.nan),
-                                            x[None])
-    assert m[0] == m_low[0] == 10
+    m, m_low, mean, se, df, err = _sample_stats(seen, census, valid,
+                                                np.where(seen, u, np.nan), x[None])
+    assert m[0] == m_low[0] == 10 and df[0] == 8  # the regression: 10 - 2
     np.testing.assert_allclose(mean[0], u.mean(), atol=1e-12)
     assert se[0] < 1e-12
     np.testing.assert_allclose(err[0], np.abs((u - x)[0, :10].mean()), atol=1e-12)
     # an estimate that is pure noise: about the plain sample mean, with its standard error
     y = rng.normal(0.1, 0.05, size=N)[None]
-    m, _, mean, se, _ = _sample_stats(seen, census, valid, np.where(seen, y, np.nan),
-                                      rng.normal(size=N)[None])
-    assert abs(mean[0] - y[0, :10].mean()) < 0.03 and 0.005 < se[0] < 0.03
-    assert not _settled(m_low, mean, se, 0.1, 0.999)[0]  # a mean near the cut is not ruled out
-    assert _settled(m_low, mean - 0.1, se, 0.2, 0.999)[0]  # one far below it is
+    m, _, mean, se, df, _ = _sample_stats(seen, census, valid, np.where(seen, y, np.nan),
+                                          rng.normal(size=N)[None])
+    # the attribution explains little of it: the plain sample mean, df 10 - 1
+    assert df[0] == 9 and abs(mean[0] - y[0, :10].mean()) < 1e-12
+    assert 0.005 < se[0] < 0.03
+    assert not _settled(m_low, mean, se, df, 0.1, 0.999)[0]  # a mean near the cut is not out
+    assert _settled(m_low, mean - 0.1, se, df, 0.2, 0.999)[0]  # one far below it is
     # a sparse effect the sample never saw (the estimate is flat on the sample, not on the
     # population): no bound at all
     xs = np.zeros(N)
     xs[20] = 3.0
     ys = np.where(np.arange(N) == 20, 1.0, 0.0)[None]
-    _, _, _, se, _ = _sample_stats(seen, census, valid, np.where(seen, ys, np.nan), xs[None])
+    _, _, _, se, _, _ = _sample_stats(seen, census, valid, np.where(seen, ys, np.nan),
+                                      xs[None])
     assert np.isnan(se[0])
     # ... and with that prompt in the census it is counted exactly
     census[0, 20] = seen[0, 20] = True
-    m, m_low, mean, se, _ = _sample_stats(seen, census, valid, np.where(seen, ys, np.nan),
-                                          xs[None])
+    m, m_low, mean, se, _, _ = _sample_stats(seen, census, valid,
+                                             np.where(seen, ys, np.nan), xs[None])
     assert m_low[0] == 10 and m[0] == 11
     np.testing.assert_allclose(mean[0], 1.0 / N, atol=1e-12)

@@ -201,9 +201,10 @@ def patch_heads(model: Any, task: Task, *, component: str = "z", per_position: b
     ``heads=`` / ``layers=`` patch only those heads (key/value heads for k, v on grouped-query
     models) or layers; the grid keeps its full shape, NaN elsewhere, and ``grid.exact`` marks
     what was computed. ``screen="attribution"`` estimates every cell by attribution patching
-    first and patches exactly only the cells the estimate cannot rule out (the rule is in
-    ``circuitcheck.measures.screen.screened``; options in ``screen_options``: ``top``, ``at``,
-    ``audit``, ``safety``, ``seed``). ``progress``: a tqdm bar on a terminal (default: on when
+    first and patches exactly only the cells the estimate cannot rule out, each on as many
+    prompts as it takes to rule it out (the rule is in ``circuitcheck.measures.screen``;
+    options in ``screen_options``: ``top``, ``at``, ``audit``, ``safety``, ``sample``,
+    ``confidence``, ``seed``). ``progress``: a tqdm bar on a terminal (default: on when
     stderr is a terminal, see ``circuitcheck.progress``). ``executor`` (``"ray[:ADDRESS]"``,
     ``circuitcheck.executors``): the exact cells (all, or the screen's rounds) are dealt to
     the workers by layer and merged back; the same grid as in process.

@@ -77,6 +77,10 @@ MIN_SAMPLE = 6
 #: Prompts per look by default.
 LOOK = 8
 
+#: The share of a sample's variation the attribution must explain (R^2) for the regression
+#: estimator; below it the plain sample mean, which keeps the degree of freedom.
+FIT = 0.5
+
 
 def screened(model: Any, s: _Setup, component: str, per_position: bool,
              positions: Sequence[str] | None, direction: str, batch_size: int | None,
@@ -172,17 +176,17 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
         patched |= todo
         full = inside & ~(valid & ~patched).any(-1)
         exact_values, _ = _ratio_cells(np.where(patched, got, np.nan), c, k, direction)
-        m, m_low, mean, se, err = stats()
+        m, m_low, mean, se, df, err = stats()
         mags = np.sort(np.abs(exact_values[full]))[::-1]
         kth = float(mags[min(top, len(mags)) - 1]) if len(mags) else 0.0
         cut = kth if at is None else min(float(at), kth)
         worst = np.zeros(int(stratum.max()) + 2)
         np.maximum.at(worst, stratum.ravel() + 1, np.where(m > 0, err, 0.0).ravel())
         margin = safety * worst[stratum + 1]
-        settled = _settled(m_low, mean, se, cut, confidence)
+        settled = _settled(m_low, mean, se, df, cut, confidence)
         todo = prompts(inside & ~full & ~settled & (np.abs(E) + margin >= cut), step)
     full = inside & ~(valid & ~patched).any(-1)
-    m, m_low, mean, _, err = stats()
+    m, m_low, mean, _, _, err = stats()
     looked = inside & ~full & (m_low > 0)
     values = np.where(full, exact_values, np.where(looked, mean, E))
     pp = np.where(patched, got, est.per_prompt)
@@ -216,16 +220,19 @@ def _sample_stats(seen: np.ndarray, census: np.ndarray, valid: np.ndarray, u: np
                   u_est: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per cell, from the prompts ``seen`` (patched exactly; ``u`` their normalised effects):
     how many, how many beyond the ``census``, the estimate of the cell's effect and its
-    standard error, and the attribution's error on the seen prompts (|mean exact - mean
-    estimate|, for the margins).
+    standard error, and the attribution's error for the margins (|mean exact - mean
+    estimate| on the seen prompts beyond the census when there are any: a margin bounds the
+    error of the mean over every prompt, which the census, chosen where the attribution is
+    largest, would overstate).
 
     The estimate is stratified: the census prompts count exactly, the rest by the regression
     estimator of their random sample on the attribution ``u_est`` (Cochran, "Sampling
     Techniques", ch. 7: the sample mean corrected by b x (population - sample) mean of the
     estimate, b the sample's least-squares slope). Where the attribution tracks the exact
     effect prompt by prompt, the correction carries the prompts the sample missed (a skewed
-    cell's few large prompts); where it is noise, b ~ 0 and it is the plain sample mean. The
-    standard error is the residuals' (df = sample - 2), finite-population corrected."""
+    cell's few large prompts); where it explains less than ``FIT`` of the sample's variation
+    the plain sample mean is used. The standard error is the residuals' (df = sample - 2;
+    sample - 1 for the mean), finite-population corrected."""
     m = seen.sum(-1)
     low = seen & ~census
     rest = valid & ~census
@@ -237,10 +244,14 @@ def _sample_stats(seen: np.ndarray, census: np.ndarray, valid: np.ndarray, u: np
         x_pop = np.where(rest, x, 0.0).sum(-1) / n_low
         dx = np.where(low, x - x_bar[..., None], 0.0)
         dy = np.where(low, u - y_bar[..., None], 0.0)
-        sxx = (dx ** 2).sum(-1)
-        b = np.where(sxx > 0, (dx * dy).sum(-1) / sxx, 0.0)
+        sxx, syy, sxy = (dx ** 2).sum(-1), (dy ** 2).sum(-1), (dx * dy).sum(-1)
+        # the regression where the attribution explains most of the sample's variation
+        # (it costs a degree of freedom), the plain mean where it does not
+        fit = (sxx > 0) & (sxy ** 2 >= FIT * sxx * syy) & (m_low > 2)
+        b = np.where(fit, sxy / np.where(sxx > 0, sxx, 1.0), 0.0)
+        df = np.where(fit, m_low - 2, m_low - 1)
         resid = np.where(low, dy - b[..., None] * dx, 0.0)
-        s2 = (resid ** 2).sum(-1) / (m_low - 2)
+        s2 = (resid ** 2).sum(-1) / df
         mean_low = y_bar + b * (x_pop - x_bar)
         mean = (np.where(census & seen, u, 0.0).sum(-1) + n_low * mean_low) / n
         se = n_low / n * np.sqrt(s2 / m_low * (1 - m_low / n_low))
@@ -248,17 +259,19 @@ def _sample_stats(seen: np.ndarray, census: np.ndarray, valid: np.ndarray, u: np
         # the prompts it missed (e.g. a sparse effect beyond the census): no bound
         x_var = np.where(rest, (x - x_pop[..., None]) ** 2, 0.0).sum(-1)
         se = np.where((sxx <= 0) & (x_var > 0), np.nan, se)
-        err = np.abs(np.where(seen, u - u_est, 0.0).sum(-1) / m)
-    return m, m_low, mean, se, np.nan_to_num(err)
+        # the attribution's error on random prompts (its census over-represents it)
+        err = np.where(m_low > 0, np.abs(np.where(low, u - u_est, 0.0).sum(-1) / m_low),
+                       np.abs(np.where(seen, u - u_est, 0.0).sum(-1) / m))
+    return m, m_low, mean, se, df, np.nan_to_num(err)
 
 
-def _settled(m_low: np.ndarray, mean: np.ndarray, se: np.ndarray, cut: float,
+def _settled(m_low: np.ndarray, mean: np.ndarray, se: np.ndarray, df: np.ndarray, cut: float,
              confidence: float) -> np.ndarray:
     """Cells whose sample bounds them below ``cut``: |estimate| + t x standard error < cut,
     with at least ``MIN_SAMPLE`` random prompts beyond the census and some left unseen."""
     out = np.zeros(m_low.shape, dtype=bool)
     part = (m_low >= MIN_SAMPLE) & np.isfinite(se) & np.isfinite(mean)
-    for mm in np.unique(m_low[part]):
-        sel = part & (m_low == mm)
-        out[sel] = np.abs(mean[sel]) + t_quantile(confidence, mm - 2) * se[sel] < cut
+    for d in np.unique(df[part]):
+        sel = part & (df == d)
+        out[sel] = np.abs(mean[sel]) + t_quantile(confidence, d) * se[sel] < cut
     return out
