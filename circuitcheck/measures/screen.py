@@ -92,9 +92,9 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
              at: float | None = 0.05, audit: float = 0.1, audit_min: int = 1,
              safety: float = 2.0, sample: int | str | None = "auto", confidence: float = 0.999,
              seed: int = 0) -> PatchGrid:
-    """The screened grid: exact where ``grid.exact``; elsewhere the estimate of the prompts a
-    cell was patched on (``screen["prompts_patched"]``, when beyond its census), else the
-    attribution.
+    """The screened grid: exact where ``grid.exact``; elsewhere the estimate from the prompts
+    a cell was patched on (``screen["prompts_patched"]``) when they were a look's worth, else
+    the attribution.
 
     ``exact_fn(mask)`` patches exactly the (cell, prompt) pairs of the boolean ``mask`` (the
     grid's shape plus a prompt axis; NaN elsewhere); ``memo``, the dict its exact rounds keep
@@ -123,7 +123,7 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
     if sample == "auto":  # absolute positions: a cell matters on the prompts whose token
         sample = None if per_position and positions is None else LOOK  # there is the one
     step = N if not sample or N < 2 * int(sample) else int(sample)
-    # the order each cell's prompts are looked at: first its census (the half look whose
+    # the order each cell's prompts are looked at: first its census (the quarter look whose
     # attribution is largest: a sparse effect sits on the prompts the estimate points at),
     # then the rest in one seeded random order
     order_rank = np.empty(N, dtype=int)
@@ -189,7 +189,7 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
         todo = prompts(inside & ~full & ~settled & (np.abs(E) + margin >= cut), step)
     full = inside & ~(valid & ~patched).any(-1)
     m, m_low, mean, _, _, err = stats()
-    looked = inside & ~full & (m_low > 0)
+    looked = inside & ~full & (m_low >= MIN_SAMPLE)  # an audit's few prompts: attribution
     values = np.where(full, exact_values, np.where(looked, mean, E))
     pp = np.where(patched, got, est.per_prompt)
     ruled = inside & ~full & ~looked
