@@ -129,6 +129,10 @@ def main() -> None:
         print(f"\nscreened exact work (patched runs weighted by the layers each runs): "
               f"{work:.3f} of the full sweep's; {sc.screen['exact_cells']} cells exact on every "
               f"prompt, {sc.screen['sampled_cells']} settled on a sample of theirs")
+        if args.full:
+            print(f"screen's exact rounds (its wall time less the attribution pass): "
+                  f"{work * f_cc / rate / (t_sc - t_att):.0%} of the FLOP limit on their "
+                  f"useful work")
         print(f"\nscreen: { {k: v for k, v in sc.screen.items() if k != 'prompts_patched'} }\n")
     if "path" not in skip:
         print("### Path patching: every head -> 4 receivers' queries at 'end'\n")

@@ -85,3 +85,26 @@ def test_cpu_batches_keep_the_cpu_budget(monkeypatch) -> None:
     per_row = 10 * (8 * 64 + 2 * 256 + 3 * 4 * 10) * 4 + 1000 * 8
     assert b.rows_per_batch(model, 10) == b.CPU_BUDGET // per_row == 2496
     assert b.rows_per_batch(_fake_model("cpu", device_map={"": "cpu"}), 10) > 0
+
+
+def test_merged_starts_runs_small_groups_from_an_earlier_layer():
+    """A few rows alone waste a forward pass's fixed cost at every layer: they join an
+    earlier group when the layers they add cost less; large groups keep their own start."""
+    import torch
+
+    from circuitcheck.interventions._batching import CPU_OVERHEAD_TOKENS, merged_starts
+
+    start = torch.tensor([0] * 4 + [1] * 4 + [2] * 4 + [20] * 288 + [21] * 4 + [29] * 4)
+    tokens = torch.full((len(start),), 16.0)
+    out = merged_starts(start, tokens, 30)
+    pairs = sorted(set(zip(start.tolist(), out.tolist())))
+    # 4 rows x 16 tokens = 64 token-rows a layer, one pass's overhead: layers 1-2 join 0,
+    # 21 joins 20 (one layer more for 4 rows), 29 stays (9 layers more would cost more)
+    assert CPU_OVERHEAD_TOKENS == 64
+    assert pairs == [(0, 0), (1, 0), (2, 0), (20, 20), (21, 20), (29, 29)]
+    assert (out <= start).all() and set(out.tolist()) <= set(start.tolist())
+    # two large groups are never merged: the layers added cost more than a pass saves
+    big = torch.tensor([3] * 300 + [5] * 300)
+    assert torch.equal(merged_starts(big, torch.full((600,), 16.0), 30), big)
+    one = torch.tensor([7, 7, 7])
+    assert torch.equal(merged_starts(one, torch.ones(3), 30), one)

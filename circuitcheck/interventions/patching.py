@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitCheckError, TaskError, did_you_mean
 from ..tasks import EncodedTask
-from ._batching import length_batches, rows_per_batch
+from ._batching import length_batches, merged_starts, rows_per_batch
 from ._guard import HookGuard, in_layers
 from .ablation import (Readout, as_readout, last_token_hook, no_logits, read_plan,
                        readout)
@@ -248,8 +248,8 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
              start_resid: Callable[[Chunk], "torch.Tensor"] | None = None,
              resid_at_zero: bool = False, stop_at_layer: int | None = None,
              batch_size: int | None = None, reads: "Collection[str] | None" = None,
-             progress: Callable[[int], None] | None = None, what: str = "patch"
-             ) -> Readout | None:
+             progress: Callable[[int], None] | None = None, what: str = "patch",
+             merge_starts: bool = False) -> Readout | None:
     """Run R rows (row r = prompt ``prompt_of[r]`` of ``tokens``) and read the last token.
 
     ``hooks(chunk)`` gives the chunk's hooks (each reads its rows' masks from the chunk).
@@ -261,7 +261,9 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     ``reads``: the readout fields wanted (see ``run_variants``). ``progress(n)`` is called
     after each batch of n rows. The hooks are guarded (``_guard.HookGuard``, ``what`` names
     the intervention): one that should fire and does not, or a run whose hooks change no
-    activation at all, raises ``NotMeasurableError``.
+    activation at all, raises ``NotMeasurableError``. ``merge_starts``: small groups of rows
+    run from an earlier group's start layer (``_batching.merged_starts``), for callers whose
+    ``start_resid`` is the base residual (not the patch itself) at every start layer.
     """
     import torch
 
@@ -270,6 +272,10 @@ def run_rows(model: Any, enc: EncodedTask, prompt_of: "torch.Tensor", *,
     R = int(prompt_of.shape[0])
     if start_layer is None:
         start_layer = torch.zeros(R, dtype=torch.long)
+    elif merge_starts and not resid_at_zero:
+        start_layer = merged_starts(start_layer, lengths[prompt_of],
+                                    stop_at_layer or model.cfg.n_layers,
+                                    device=model.cfg.device)
     if (resid_at_zero or bool((start_layer > 0).any())) and start_resid is None:
         raise CircuitCheckError("rows that start after layer 0 need their residual stream")
     skip = skipping_is_exact(model) if bool((start_layer > 0).any()) else False
@@ -318,7 +324,8 @@ def patch_hook(component: str, source: "torch.Tensor", head_mask: "torch.Tensor"
     """Replace the activation by ``source`` (per prompt, [N, ...]) where the row's masks say.
 
     ``head_mask`` [B, H] and ``pos_mask`` [B, P] are the chunk's rows' masks; residual
-    components ignore the head mask. Pattern positions are query positions.
+    components read only whether a row's head mask is set at all (the row is patched at this
+    layer). Pattern positions are query positions.
     """
     import torch
 
@@ -330,9 +337,9 @@ def patch_hook(component: str, source: "torch.Tensor", head_mask: "torch.Tensor"
     elif component in HEAD_COMPONENTS:
         src = src[:, :P]
         mask = pos_mask[:, :P, None, None] & head_mask[:, None, :, None]  # [B, P, H, 1]
-    else:
+    else:  # the rows this layer patches (a chunk may hold rows patched at other layers)
         src = src[:, :P]
-        mask = pos_mask[:, :P, None]  # [B, P, 1]
+        mask = pos_mask[:, :P, None] & head_mask.any(-1)[:, None, None]  # [B, P, 1]
     mask = mask.to(chunk.device)
 
     def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -405,4 +412,4 @@ def run_patches(model: Any, enc: EncodedTask, patches: Patches, component: str,
     return run_rows(model, enc, patches.prompt_of, tokens=tokens, lengths=enc.lengths,
                     hooks=hooks, start_layer=start, start_resid=start_resid,
                     resid_at_zero=component == "resid_pre", batch_size=batch_size,
-                    reads=reads, progress=progress)
+                    reads=reads, progress=progress, merge_starts=component != "resid_pre")
