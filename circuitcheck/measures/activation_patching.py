@@ -132,7 +132,8 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
 def run_patch_cells(model: Any, ctx: dict[str, Any], cells: np.ndarray, cache: dict
                     ) -> PatchGrid:
     """Executor work function: the exact grid of ``cells`` (boolean, shaped like the grid, or
-    with a trailing prompt axis), NaN elsewhere, on this worker's copy of the model (``_distributed.patch_cells_on``)."""
+    with a trailing prompt axis), NaN elsewhere, on this worker's copy of the model
+    (``_distributed.patch_cells_on``)."""
     key = ("patch", ctx["id"])
     if key not in cache:
         cache.clear()  # one measurement at a time per worker
