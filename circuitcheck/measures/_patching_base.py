@@ -46,10 +46,11 @@ class PatchGrid(ResultProtocol):
     ``corrupted`` the unpatched runs' metric per prompt. ``method`` is ``exact``,
     ``attribution`` (a first-order estimate), ``screened`` (attribution, then exact where the
     screen cannot rule a cell out) or ``path``. ``exact`` (same shape as ``values``) says which
-    cells were patched exactly; a screened grid keeps the screen's estimate in the others, and a
-    grid computed for a subset (``heads=``, ``layers=``) holds NaN outside it. ``problem`` is
-    set (and ``values`` NaN) when the model does not tell clean from corrupted, so there is
-    nothing to normalise by.
+    cells were patched exactly (on every prompt); a screened grid keeps the screen's estimate in
+    the others (its ``per_prompt``: exact on the prompts a cell was patched on, the attribution
+    on the rest; ``screen["prompts_patched"]`` counts them), and a grid computed for a subset
+    (``heads=``, ``layers=``) holds NaN outside it. ``problem`` is set (and ``values`` NaN)
+    when the model does not tell clean from corrupted, so there is nothing to normalise by.
     """
 
     values: np.ndarray
