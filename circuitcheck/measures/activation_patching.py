@@ -24,6 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+def _pairs(cells: np.ndarray, shape: tuple[int, ...], n: int) -> np.ndarray:
+    """``cells`` as a (cell, prompt) mask, ``shape + (n,)``: a mask shaped like the grid holds
+    for every prompt; one with a trailing prompt axis (the screen's looks) is kept."""
+    cells = np.asarray(cells, dtype=bool)
+    if cells.size == int(np.prod(shape)) * n:
+        return cells.reshape(shape + (n,))
+    return np.broadcast_to(cells.reshape(shape + (1,)), shape + (n,))
+
+
 def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
            cells: np.ndarray | None) -> tuple[Patches, "torch.Tensor"]:
     """Every (layer, [position,] [head]) unit in ``cells`` (default all) x every prompt that has
@@ -48,11 +57,9 @@ def _units(model: Any, s: _Setup, component: str, pos_of: "torch.Tensor | None",
         where = pos_of[pp, kk]  # [R]
         keep = where < enc.lengths[pp]
         pos_mask = torch.arange(P)[None, :] == where[:, None]
-    if cells is not None and np.asarray(cells).size == L * K * U * N:
-        keep &= torch.from_numpy(np.asarray(cells, dtype=bool).reshape(L, K, U, N))[
-            lay, kk, uu, pp]
-    elif cells is not None:
-        keep &= torch.from_numpy(np.asarray(cells, dtype=bool).reshape(L, K, U))[lay, kk, uu]
+    if cells is not None:
+        pairs = _pairs(cells, (L, K, U), N)
+        keep &= torch.from_numpy(np.ascontiguousarray(pairs))[lay, kk, uu, pp]
     lay, kk, uu, pp, pos_mask = lay[keep], kk[keep], uu[keep], pp[keep], pos_mask[keep]
     R = len(pp)
     layer_mask = torch.zeros(R, L, dtype=torch.bool)
@@ -121,12 +128,11 @@ def _sweep_exact(model: Any, s: _Setup, component: str, per_position: bool,
                               progress=bar)
         pp[cell.numpy(), patches.prompt_of.numpy()] = s.metric(out)
     clean, corr = (src_read, base_read) if direction == "denoise" else (base_read, src_read)
-    exact = np.ones(shape, dtype=bool) if cells is None else np.asarray(cells, dtype=bool)
-    if exact.size == cells_n * enc.n:  # (cell, prompt) pairs: exact where every prompt is
-        exact = exact.reshape(shape + (enc.n,)).all(-1)
-    exact = exact.reshape(shape)
+    # exact: the cells patched on every prompt
+    exact = (np.ones(shape, dtype=bool) if cells is None else
+             _pairs(cells, shape, enc.n).all(-1))
     return _grid(pp.reshape(shape + (enc.n,)), dims, coords, s, clean, corr, component,
-                 direction, exact=exact.copy())
+                 direction, exact=exact)
 
 
 def run_patch_cells(model: Any, ctx: dict[str, Any], cells: np.ndarray, cache: dict
@@ -169,10 +175,8 @@ def _measure(model: Any, task: Task, component: str, per_position: bool,
         if ctx is not None:
             from ._distributed import patch_cells_on
 
-            mask = np.ones(shape, bool) if todo is None else np.asarray(todo, bool)
-            if mask.size == int(np.prod(shape)):
-                mask = mask.reshape(shape)
-            return patch_cells_on(ex, model, ctx, mask, run_patch_cells)
+            return patch_cells_on(ex, model, ctx, np.ones(shape, bool) if todo is None
+                                  else np.asarray(todo, bool), run_patch_cells)
         return _sweep(model, s, component, per_position, positions, direction, batch_size,
                       todo, progress, memo)
     if screen is None:

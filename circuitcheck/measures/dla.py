@@ -119,10 +119,7 @@ def attribute(model: Any, enc: Any, acts: dict[str, "torch.Tensor"], ld: np.ndar
     L = model.cfg.n_layers
     N = enc.n
     dev = acts["ln_final.hook_scale"].device
-    end = enc.lengths - 1
-    # a device map's layers cache on their own devices: each read there, gathered on ``dev``
-    at_end = {n: a[torch.arange(N, device=a.device), end.to(a.device)].to(dev).double()
-              for n, a in acts.items()}
+    at_end = {n: _at_end(a, enc.lengths, dev).double() for n, a in acts.items()}
     with weights_loaded(model):  # offloaded layers' weights in
         w, b = _final_norm_affine(model, at_end,
                                   rounding_tolerance(compute_dtype(model, acts[
@@ -189,6 +186,15 @@ def _final_norm_affine(model: Any, at_end: dict[str, "torch.Tensor"], rel: float
             "logit attribution through ln_final.hook_scale would be wrong; use activation "
             "patching (cc.patch_heads) instead")
     return w, b
+
+
+def _at_end(act: "torch.Tensor", lengths: "torch.Tensor", dev: Any) -> "torch.Tensor":
+    """Each prompt's last-token row of ``act`` ([N, pos, ...]), read on the device ``act`` is
+    on (a device map's layers cache on their own devices) and gathered on ``dev``."""
+    import torch
+
+    end = (lengths - 1).to(act.device)
+    return act[torch.arange(len(end), device=act.device), end].to(dev)
 
 
 def _b_U(model: Any) -> "torch.Tensor":

@@ -81,7 +81,7 @@ def logit_lens(model: Any, task: Any, *, confidence: float = 0.95, seed: int = 0
     from .. import _validate
     from .._devicemap import weights_loaded
     from ..interventions.patching import cache_activations
-    from .dla import _b_U
+    from .dla import _at_end, _b_U
 
     confidence = _validate.open_unit(confidence, "confidence")
     enc = task.encode(model)
@@ -90,9 +90,7 @@ def logit_lens(model: Any, task: Any, *, confidence: float = 0.95, seed: int = 0
     acts = cache_activations(model, enc.tokens, names, batch_size=batch_size)
     N = enc.n
     dev = acts[names[0]].device
-    end = (enc.lengths - 1).to(dev)
-    resid = torch.stack([acts[n][torch.arange(N, device=acts[n].device), end.to(
-        acts[n].device)].to(dev) for n in names], 1)  # a device map's layers: each its own
+    resid = torch.stack([_at_end(acts[n], enc.lengths, dev) for n in names], 1)
     with torch.inference_mode(), weights_loaded(model):
         normed = model.ln_final(resid).to(dev)  # [N, S, d]: each stage by its own scale
         logits = normed.double() @ model.W_U.detach().double().to(dev) + _b_U(model).to(dev)

@@ -170,6 +170,8 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
     margin = np.zeros(shape)
     exact_values = np.full(shape, np.nan)
     failed = None  # a patch the machinery could not apply (its grid says why)
+    full = np.zeros(shape, dtype=bool)  # the cells exact on every prompt
+    m, m_low, mean, se, df, err = stats()
     while todo.any():
         rounds += 1
         g = exact_fn(todo)
@@ -187,8 +189,6 @@ def screened(model: Any, s: _Setup, component: str, per_position: bool,
         margin = safety * worst[stratum + 1]
         settled = _settled(m_low, mean, se, df, cut, confidence)
         todo = prompts(inside & ~full & ~settled & (np.abs(E) + margin >= cut), step)
-    full = inside & ~(valid & ~patched).any(-1)
-    m, m_low, mean, _, _, err = stats()
     looked = inside & ~full & (m_low >= MIN_SAMPLE)  # an audit's few prompts: attribution
     values = np.where(full, exact_values, np.where(looked, mean, E))
     pp = np.where(patched, got, est.per_prompt)
